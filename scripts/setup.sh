@@ -1,0 +1,44 @@
+# Sourced by main.sh: create or reuse the virtual environment and fetch the bundled dataset.
+# VENV (default .venv) and PYTHON (default python3, 3.11) can be overridden from the environment.
+set -euo pipefail
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+FMNIST_DIR=${FMNIST_DIR:-datasets/fashion-mnist}
+
+setup_venv() {  # $1: requirements file
+    local req=$1 stamp
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "[setup] creating $VENV with $($PYTHON --version)"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    stamp="$VENV/.installed-$(cat requirements*.txt | sha1sum | cut -c1-12)-$(basename "$req")"
+    if [ ! -f "$stamp" ]; then
+        echo "[setup] installing $req into $VENV (torch installs from local disk: ~1-2 min)"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+        touch "$stamp"
+    fi
+}
+
+fetch_fashion_mnist() {  # Debian's dataset-fashion-mnist package: IDX files, no run-time download
+    local files="train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz"
+    local f missing=0 tmp
+    for f in $files; do [ -f "$FMNIST_DIR/$f" ] || missing=1; done
+    [ "$missing" = 0 ] && return 0
+    mkdir -p "$FMNIST_DIR"
+    if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        for f in $files; do cp /usr/share/datasets/fashion-mnist/$f "$FMNIST_DIR/"; done
+        return 0
+    fi
+    echo "[setup] fetching Fashion-MNIST from Debian's dataset-fashion-mnist package"
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null 2>&1 || true
+        (cd "$tmp" && apt-get download dataset-fashion-mnist >/dev/null 2>&1) || {
+            echo "error: could not fetch Debian's dataset-fashion-mnist; run 'apt-get update' (as root) or copy the four IDX .gz files into $FMNIST_DIR" >&2
+            exit 1; }
+    fi
+    dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$tmp/x"
+    for f in $files; do cp "$tmp/x/usr/share/datasets/fashion-mnist/$f" "$FMNIST_DIR/"; done
+    rm -rf "$tmp"
+}

@@ -1,0 +1,64 @@
+"""Arguments shared by the three entry scripts, and --config YAML files that set parser defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from utils.misc import bool_flag
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion_mnist",
+                   help="fashion_mnist (bundled), cifar10, cifar100, cifar20, stl10, imagenet, in100, "
+                        "folder (default: fashion_mnist)")
+    g.add_argument("--data", "--data-path", dest="data", default="",
+                   help="dataset root; empty = the default location for the dataset "
+                        "(data/fashion-mnist for the bundled set)")
+    g.add_argument("-j", "--workers", default=4, type=int,
+                   help="data loading workers per process (default: 4; in-memory datasets use none)")
+    g = parser.add_argument_group("distributed (moco-v3 compatible)")
+    g.add_argument("--world-size", default=1, type=int,
+                   help="number of nodes before spawn; the total number of processes after (moco-v3)")
+    g.add_argument("--rank", default=0, type=int, help="node rank before spawn (moco-v3)")
+    g.add_argument("--dist-url", default="tcp://127.0.0.1:23456", type=str,
+                   help="url used to set up distributed training (moco-v3 style spawn)")
+    g.add_argument("--multiprocessing-distributed", action="store_true",
+                   help="spawn one process per GPU (or --nproc-cpu processes on a CPU machine)")
+    g.add_argument("--nproc-cpu", default=2, type=int,
+                   help="processes to spawn per node when there is no GPU (gloo; default: 2)")
+    g.add_argument("--dist-timeout", default=600, type=int,
+                   help="seconds before a collective waiting on a dead rank fails (default: 600)")
+    g = parser.add_argument_group("run")
+    g.add_argument("--results_dir", "--results-dir", "--output-dir", dest="results_dir",
+                   default="results", help="where logs, checkpoints and results.json go")
+    g.add_argument("--seed", default=None, type=int, help="seed for a reproducible run (DSF: 307)")
+    g.add_argument("--config", default="", help="YAML file of flag defaults (configs/*.yaml); "
+                                                "flags given on the command line still win")
+    g.add_argument("--channels-last", default=True, type=bool_flag,
+                   help="channels_last memory format for convolutional backbones (default: true)")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None
+                      ) -> argparse.Namespace:
+    """Two-stage parse (timm): a --config YAML sets defaults, then the command line overrides."""
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        if not os.path.isfile(known.config):
+            parser.error(f"--config {known.config}: no such file (see configs/)")
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            parser.error(f"--config {known.config}: unknown keys {unknown} (use the flags' "
+                         "snake_case names)")
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)

@@ -1,0 +1,138 @@
+"""Checkpoints: atomic and durable writes, newest-valid resume, backbone extraction for evaluation.
+
+Checkpoints hold plain data only (tensors, dicts, lists, numbers, strings), so every load uses
+``torch.load(weights_only=True)`` and a pickled callable is refused.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+
+import torch
+from torch import nn
+
+CKPT_PATTERN = "checkpoint_*.pth.tar"
+
+
+def save_atomic(state: dict, path: str) -> None:
+    """Write to a temporary file in the same directory, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself is durable only once the directory entry is on disk
+    finally:
+        os.close(fd)
+
+
+def checkpoint_path(results_dir: str, epoch: int, step: int = 0) -> str:
+    """Names sort by (epoch, step): checkpoint_0003_000000.pth.tar is the end of epoch 3."""
+    return os.path.join(results_dir, f"checkpoint_{epoch:04d}_{step:06d}.pth.tar")
+
+
+def list_checkpoints(results_dir: str) -> list[str]:
+    """This run's checkpoints, newest first."""
+    found = glob.glob(os.path.join(results_dir, CKPT_PATTERN))
+    key = [(tuple(int(n) for n in re.findall(r"\d+", os.path.basename(p))), p) for p in found]
+    return [p for _, p in sorted(key, reverse=True)]
+
+
+def prune_checkpoints(results_dir: str, keep: int) -> None:
+    """Keep the newest `keep` numbered checkpoints (keep <= 0 keeps all)."""
+    if keep > 0:
+        for old in list_checkpoints(results_dir)[keep:]:
+            os.remove(old)
+
+
+def load_checkpoint(path: str) -> dict:
+    """torch.load(weights_only=True) with a one-line error naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"cannot load checkpoint {path}: {first}") from None
+
+
+def find_resume(resume: str, results_dir: str) -> tuple[str, dict] | None:
+    """Resolve --resume: a path, or 'auto' for the newest readable checkpoint in results_dir.
+
+    With 'auto', an unreadable newest checkpoint is skipped with a warning naming both files.
+    """
+    if not resume:
+        return None
+    if resume != "auto":
+        return resume, load_checkpoint(resume)
+    candidates = list_checkpoints(results_dir)
+    for i, path in enumerate(candidates):
+        try:
+            return path, load_checkpoint(path)
+        except RuntimeError as e:
+            nxt = candidates[i + 1] if i + 1 < len(candidates) else "none left"
+            warnings.warn(f"{e}; falling back to the previous checkpoint ({nxt})", stacklevel=2)
+    return None
+
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Drop DDP's module. and torch.compile's _orig_mod. from every key."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def backbone_state(state: dict, prefix: str) -> dict:
+    """Keys under `prefix` (e.g. 'backbone.' or moco-v3's 'base_encoder.') with the prefix removed."""
+    state = strip_prefixes(state)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_backbone(path: str, prefer: str = "online") -> tuple[dict, dict]:
+    """Backbone weights and the run's args from a checkpoint of this suite or of moco-v3/DSF.
+
+    Returns (state_dict of the backbone, args dict or {}). `prefer` is 'online' or 'momentum'.
+    moco-v3/DSF checkpoints keep the encoder under module.base_encoder.* (the head, fc or head.*,
+    is the projector and is dropped by the caller's missing-keys check).
+    """
+    ckpt = load_checkpoint(path)
+    model = ckpt.get("model", ckpt.get("state_dict", ckpt))
+    args = ckpt.get("args", {}) if isinstance(ckpt.get("args"), dict) else {}
+    order = ["momentum_backbone.", "backbone."] if prefer == "momentum" else ["backbone."]
+    for prefix in order + ["base_encoder.", "momentum_encoder."]:
+        state = backbone_state(model, prefix)
+        if state:
+            return state, args
+    raise RuntimeError(f"{path} holds no backbone weights (looked for {order + ['base_encoder.']})")
+
+
+def load_backbone_into(model: nn.Module, state: dict, allowed_missing: set[str]) -> None:
+    """Load with strict=False and check that only the expected keys (the new head) are missing."""
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc."))}
+    msg = model.load_state_dict(state, strict=False)
+    missing = set(msg.missing_keys) - allowed_missing
+    if missing or msg.unexpected_keys:
+        raise RuntimeError(f"checkpoint does not match the backbone: missing {sorted(missing)[:8]}, "
+                           f"unexpected {sorted(msg.unexpected_keys)[:8]}")

@@ -1,0 +1,41 @@
+"""results.json: what a run was (command, commit, versions, device, wall time) and what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from utils.misc import git_sha
+
+
+def write_results(results_dir: str, kind: str, args: Any, metrics: dict, wall_time: float) -> str:
+    """Write (or update) results_dir/results.json with a `kind` section; returns the path."""
+    path = os.path.join(results_dir, "results.json")
+    record: dict[str, Any] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+    a = vars(args)
+    record.update({
+        "method": a.get("method", record.get("method")),
+        "dataset": a.get("dataset"), "arch": a.get("arch"), "seed": a.get("seed"),
+        "git_commit": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(a.get("device", "cpu")),
+    })
+    record[kind] = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "epochs": a.get("epochs"), "batch_size": a.get("batch_size"),
+        "views": a.get("num_views"), "wall_time_s": round(wall_time, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics,
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,39 @@
+"""Schedules as pure functions of the global iteration: computed once, indexed per step (DINO)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int,
+                    warmup_epochs: float = 0, warmup_start: float = 0.0) -> np.ndarray:
+    """Per-iteration values: linear warmup from warmup_start to base, then a half cosine to final.
+
+    With final = 0 and warmup_start = 0 this is moco-v3's adjust_learning_rate evaluated at
+    epoch + i / iters_per_epoch.
+    """
+    total = epochs * iters_per_epoch
+    t = np.arange(total, dtype=np.float64) / iters_per_epoch  # fractional epoch of each step
+    values = np.empty(total, dtype=np.float64)
+    warm = t < warmup_epochs
+    values[warm] = warmup_start + (base - warmup_start) * t[warm] / max(warmup_epochs, 1e-12)
+    progress = (t[~warm] - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
+    values[~warm] = final + (base - final) * 0.5 * (1.0 + np.cos(math.pi * progress))
+    return values
+
+
+def momentum_schedule(m0: float, epochs: int, iters_per_epoch: int, cosine: bool,
+                      per_epoch: bool = False) -> np.ndarray:
+    """EMA momentum per iteration: m(t) = 1 - (1 + cos(pi t / E)) / 2 * (1 - m0) (moco-v3 --moco-m-cos).
+
+    per_epoch=True reproduces PatchMix's shadowed-index bug (methods.md §9.6-1): t = epoch + 1 / iters,
+    so the momentum changes once per epoch.
+    """
+    total = epochs * iters_per_epoch
+    if not cosine:
+        return np.full(total, m0, dtype=np.float64)
+    it = np.arange(total, dtype=np.float64)
+    t = it // iters_per_epoch + 1.0 / iters_per_epoch if per_epoch else it / iters_per_epoch
+    return 1.0 - 0.5 * (1.0 + np.cos(math.pi * t / epochs)) * (1.0 - m0)
