@@ -14,12 +14,13 @@ from torchvision.models import resnet as tv
 class ResNet(tv.ResNet):
     """torchvision's ResNet whose stage widths are (1, 2, 4, 8) x ``width`` (64 = standard).
 
-    ``cifar_stem`` replaces the 7x7/2 conv + max-pool by a 3x3/1 conv and no pooling (32-px images).
+    ``cifar_stem`` replaces the 7x7/2 conv + max-pool by a 3x3/1 conv and no pooling (32-px images);
+    with ``keep_maxpool`` the max-pool stays (MV-MR's "small_kernel" stem for STL/CIFAR).
     """
 
     def __init__(self, block: type[tv.BasicBlock | tv.Bottleneck], layers: list[int], *,
                  width: int = 64, cifar_stem: bool = False, zero_init_residual: bool = False,
-                 in_chans: int = 3) -> None:
+                 in_chans: int = 3, keep_maxpool: bool = False) -> None:
         if width % 8:
             raise ValueError(f"width must be a multiple of 8, got {width}")
         self.width = width  # read by _make_layer, which torchvision's __init__ calls
@@ -29,7 +30,7 @@ class ResNet(tv.ResNet):
             self.conv1 = nn.Conv2d(in_chans, width, kernel, stride, pad, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.bn1 = nn.BatchNorm2d(width)  # weight 1, bias 0: torchvision's init
-        if cifar_stem:
+        if cifar_stem and not keep_maxpool:
             self.maxpool = nn.Identity()
         self.num_features = 8 * width * block.expansion
         self.fc = nn.Identity()  # the projector / linear probe replaces it

@@ -19,6 +19,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         "(data/fashion-mnist for the bundled set)")
     g.add_argument("-j", "--workers", default=4, type=int,
                    help="data loading workers per process (default: 4; in-memory datasets use none)")
+    g.add_argument("--train-subset", default=0, type=int,
+                   help="use only the first N training images (quick experiments, tests; 0 = all)")
+    g.add_argument("--val-subset", default=0, type=int,
+                   help="use only the first N validation images (0 = all)")
     g = parser.add_argument_group("distributed (moco-v3 compatible)")
     g.add_argument("--world-size", default=1, type=int,
                    help="number of nodes before spawn; the total number of processes after (moco-v3)")

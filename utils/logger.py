@@ -39,9 +39,10 @@ class MetricAverager:
 class RunLogger:
     """log.txt (JSON lines, DINO/MAE style) and TensorBoard, written by rank 0 only."""
 
-    def __init__(self, results_dir: str, enabled: bool, tensorboard: bool = True):
+    def __init__(self, results_dir: str, enabled: bool, tensorboard: bool = True,
+                 filename: str = "log.txt"):
         self.enabled = enabled
-        self.path = os.path.join(results_dir, "log.txt")
+        self.path = os.path.join(results_dir, filename)
         self.writer = None
         if enabled and tensorboard:
             try:

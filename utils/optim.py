@@ -70,5 +70,6 @@ def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: floa
 
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
-        group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)
+        # plain floats: numpy scalars in param groups would make checkpoints need unpickling
+        group["lr"] = float(lr)
+        group["weight_decay"] = float(weight_decay) * group.get("wd_scale", 1.0)

@@ -1,0 +1,39 @@
+"""Data: datasets by name and multi-view augmentation recipes (imports no model or loss code)."""
+
+from data.datasets import (
+    DATASETS,
+    DatasetError,
+    DatasetInfo,
+    WithIndex,
+    build_dataset,
+    dataset_info,
+)
+from data.transforms import (
+    BatchEval,
+    BatchMultiView,
+    MultiViewTransform,
+    ViewSpec,
+    byol_asymmetric,
+    eval_transform,
+    multicrop,
+    original_view,
+    simclr_symmetric,
+)
+
+__all__ = [
+    "DATASETS",
+    "BatchEval",
+    "BatchMultiView",
+    "DatasetError",
+    "DatasetInfo",
+    "MultiViewTransform",
+    "ViewSpec",
+    "WithIndex",
+    "build_dataset",
+    "byol_asymmetric",
+    "dataset_info",
+    "eval_transform",
+    "multicrop",
+    "original_view",
+    "simclr_symmetric",
+]

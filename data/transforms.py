@@ -1,0 +1,634 @@
+"""Multi-view augmentation: one `ViewSpec` per view, two implementations of the same distribution.
+
+* `MultiViewTransform` is the reference, per sample: torchvision.transforms.v2 on uint8 tensors,
+  for folder datasets decoded in DataLoader workers.
+* `BatchMultiView` is the fast path: an nn.Module on a uint8 batch (CPU or GPU) that draws
+  independent parameters for every sample and view from the same distributions, vectorised over
+  the batch.
+
+Views are side-major, `[t1 x ns, t2 x ns, local crops ...]` (STYLE B2). The op order is MoCo v3's
+(`main_moco.py`): RandomResizedCrop -> ColorJitter (p) -> Grayscale (p) -> GaussianBlur (p) ->
+Solarize (p) -> HorizontalFlip -> Normalize.
+
+Blur kernel: MoCo v3, DSF, SNCLR and PatchMix blur with PIL `GaussianBlur(radius=sigma)`, a
+Gaussian of std sigma with no fixed kernel. `ViewSpec.blur_kernel=None` therefore truncates at
+3 sigma_max (`2 * ceil(3 * sigma_max) + 1`, 13 px for sigma <= 2) whatever the image size, instead
+of the "10 % of the image" rule of torchvision-based code (pass `blur_kernel` explicitly for that,
+e.g. MV-MR's `2 * int(0.05 * size) + 1`). It is capped at `2 * size - 1` (reflect padding limit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# the std of the MoCo CIFAR demo, kept by DSF's CIFAR scripts and BeCLR (not the true std)
+CIFAR10_STD_MOCO_DEMO = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+FASHION_MNIST_MEAN = (0.2860, 0.2860, 0.2860)  # grayscale replicated to 3 channels
+FASHION_MNIST_STD = (0.3530, 0.3530, 0.3530)
+
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+_INTERPOLATIONS = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The augmentation parameters of ONE view (MoCo v3 / BYOL vocabulary).
+
+    `crop=False` means no augmentation at all: the image is only resized to `size` (the "original
+    view" of MV-MR, see `resize_for_eval`). Probabilities are per sample. `solarize_threshold` is on
+    the uint8 scale (PIL ImageOps.solarize inverts pixels >= 128).
+    """
+
+    size: int
+    crop: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bilinear"
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
+    solarize_p: float = 0.0
+    solarize_threshold: int = 128
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"ViewSpec.size must be positive, got {self.size}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"ViewSpec.interpolation must be one of {sorted(_INTERPOLATIONS)}")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"ViewSpec.{name} must be a probability, got {getattr(self, name)}"
+                )
+        if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
+            raise ValueError(
+                f"ViewSpec.blur_kernel must be odd and positive, got {self.blur_kernel}"
+            )
+
+    @property
+    def kernel_size(self) -> int:
+        """The blur kernel actually used (see the module docstring for the default)."""
+        if self.blur_kernel is not None:
+            return self.blur_kernel
+        return min(2 * math.ceil(3 * self.blur_sigma[1]) + 1, 2 * self.size - 1)
+
+
+# ============ recipes (side-major lists of ViewSpec) ============
+
+
+def byol_asymmetric(
+    size: int,
+    crop_min: float = 0.08,
+    ns: int = 1,
+    interpolation: str = "bilinear",
+    blur: bool = True,
+) -> list[ViewSpec]:
+    """MoCo v3 / BYOL asymmetric pair (methods.md 1.3), side-major: [view1 x ns, view2 x ns].
+
+    view1: blur p=1.0; view2: blur p=0.1 and solarize p=0.2. `blur=False` drops the blur (the
+    32-px CIFAR variants of solo-learn); PatchMix keeps it on CIFAR and uses bicubic interpolation.
+    """
+    view1 = ViewSpec(
+        size, scale=(crop_min, 1.0), interpolation=interpolation, blur_p=1.0 if blur else 0.0
+    )
+    view2 = replace(view1, blur_p=0.1 if blur else 0.0, solarize_p=0.2)
+    return [view1] * ns + [view2] * ns
+
+
+def simclr_symmetric(
+    size: int,
+    n_views: int = 2,
+    blur_p: float = 0.5,
+    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
+    scale: tuple[float, float] = (0.08, 1.0),
+    *,
+    gray_p: float = 0.2,
+    interpolation: str = "bilinear",
+    blur_kernel: int | None = None,
+) -> list[ViewSpec]:
+    """SimCLR symmetric recipe (methods.md 3): `n_views` identically distributed views, no solarize.
+
+    Also covers, through the keyword arguments, BeCLR (jitter (0.4, 0.4, 0.4, 0.1), blur only if
+    size > 100), MV-MR STL10 (blur p=1.0, blur_kernel=9) and MV-MR CIFAR20 (jitter
+    (0.4, 0.4, 0.4, 0.1), gray 0.1, scale (0.2, 1), bicubic, no blur).
+    """
+    spec = ViewSpec(
+        size,
+        scale=scale,
+        interpolation=interpolation,
+        jitter=jitter,
+        gray_p=gray_p,
+        blur_p=blur_p,
+        blur_kernel=blur_kernel,
+    )
+    return [spec] * n_views
+
+
+def multicrop(
+    global_specs: Sequence[ViewSpec],
+    n_local: int,
+    local_size: int,
+    local_scale: tuple[float, float] = (0.05, 0.35),
+    local_blur_p: float = 0.5,
+) -> list[ViewSpec]:
+    """Append `n_local` local crops after the global views (PatchMix `MultiCropsTransform`).
+
+    Local crops copy the first global spec's jitter/gray/flip/interpolation, with blur p=0.5 and no
+    solarize.
+    """
+    local = replace(
+        global_specs[0],
+        size=local_size,
+        scale=local_scale,
+        blur_p=local_blur_p,
+        blur_kernel=None,
+        solarize_p=0.0,
+    )
+    return list(global_specs) + [local] * n_local
+
+
+def original_view(size: int) -> ViewSpec:
+    """The un-augmented view (MV-MR `ValTransform`): resize only."""
+    return ViewSpec(size, crop=False)
+
+
+# ============ eval-style resizing (shared by both paths and by the eval transforms) ============
+
+
+def resize_for_eval(
+    x: Tensor,
+    size: int,
+    resize: int | None = None,
+    crop: bool = True,
+    interpolation: str = "bilinear",
+) -> Tensor:
+    """Resize images [..., C, H, W] to [..., C, size, size] without randomness.
+
+    Already `size` x `size`: unchanged. Larger than `size` and `crop`: Resize(shorter side to
+    `resize`, default int(size * 256 / 224)) + CenterCrop(size), the ImageNet protocol. Otherwise
+    (small images, or crop=False): the whole image is resized to (size, size).
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    mode = _INTERPOLATIONS[interpolation]
+    if crop and min(h, w) > size:
+        x = TF.resize(x, [resize or int(size * 256 / 224)], interpolation=mode, antialias=True)
+        return TF.center_crop(x, [size, size])
+    return TF.resize(x, [size, size], interpolation=mode, antialias=True)
+
+
+def to_uint8_tensor(img: Image.Image | Tensor) -> Tensor:
+    """PIL image or uint8 tensor [C, H, W] -> uint8 RGB tensor [3, H, W]."""
+    if isinstance(img, Image.Image):
+        img = TF.pil_to_tensor(img.convert("RGB"))
+    if img.dtype != torch.uint8:
+        raise TypeError(f"expected a uint8 image tensor, got {img.dtype}")
+    return img.expand(3, -1, -1) if img.shape[-3] == 1 else img
+
+
+class _EvalResize:
+    def __init__(self, size: int, resize: int | None, crop: bool, interpolation: str):
+        self.args = (size, resize, crop, interpolation)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return resize_for_eval(x, *self.args)
+
+    def __repr__(self) -> str:
+        size, resize, crop, interpolation = self.args
+        return f"EvalResize({size=}, {resize=}, {crop=}, {interpolation=})"
+
+
+def eval_transform(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: int | None = None,
+    crop: bool = True,
+    interpolation: str = "bilinear",
+) -> v2.Compose:
+    """Per-sample eval transform: PIL/uint8 [C,H,W] -> normalised float [3, size, size].
+
+    Large images: Resize(int(size*256/224)) + CenterCrop(size); small ones: resized whole (identity
+    at their own size). See `resize_for_eval`.
+    """
+    return v2.Compose(
+        [
+            to_uint8_tensor,
+            _EvalResize(size, resize, crop, interpolation),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class BatchEval(nn.Module):
+    """Batched eval transform: uint8 [B, C, H, W] -> normalised float [B, C, size, size]."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize: int | None = None,
+        crop: bool = True,
+        interpolation: str = "bilinear",
+    ):
+        super().__init__()
+        self.size, self.resize, self.crop, self.interpolation = size, resize, crop, interpolation
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = resize_for_eval(_to_float(x), self.size, self.resize, self.crop, self.interpolation)
+        return (x - self.mean) / self.std
+
+
+# ============ reference path: torchvision.transforms.v2, per sample ============
+
+
+def _reference_view(spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    if not spec.crop:
+        ops: list[Any] = [_EvalResize(spec.size, None, True, spec.interpolation)]
+    else:
+        ops = [
+            v2.RandomResizedCrop(
+                spec.size,
+                scale=spec.scale,
+                ratio=spec.ratio,
+                interpolation=_INTERPOLATIONS[spec.interpolation],
+                antialias=True,
+            )
+        ]
+        if spec.jitter_p > 0 and any(spec.jitter):
+            ops.append(v2.RandomApply([v2.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+        if spec.gray_p > 0:
+            ops.append(v2.RandomGrayscale(p=spec.gray_p))
+        if spec.blur_p > 0:
+            blur = v2.GaussianBlur(spec.kernel_size, sigma=spec.blur_sigma)
+            ops.append(v2.RandomApply([blur], p=spec.blur_p))
+        if spec.solarize_p > 0:
+            ops.append(v2.RandomSolarize(spec.solarize_threshold, p=spec.solarize_p))
+        if spec.flip_p > 0:
+            ops.append(v2.RandomHorizontalFlip(p=spec.flip_p))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+class MultiViewTransform:
+    """Reference multi-view transform: one image -> list of V normalised float [3, size, size].
+
+    Each view is augmented independently with torchvision.transforms.v2 on the uint8 image, exactly
+    with the ViewSpec parameters. Use it as a Dataset transform (the default collate then gives
+    list[Tensor[B, 3, size, size]], side-major).
+    """
+
+    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+        self.specs = tuple(specs)
+        self.transforms = [_reference_view(s, mean, std) for s in self.specs]
+
+    def __call__(self, img: Image.Image | Tensor) -> list[Tensor]:
+        x = to_uint8_tensor(img)
+        return [t(x) for t in self.transforms]
+
+    def __repr__(self) -> str:
+        return f"MultiViewTransform({len(self.specs)} views: {self.specs})"
+
+
+# ============ fast path: batched parameters ============
+
+
+class ViewParams(NamedTuple):
+    """Random parameters of n augmented samples of one ViewSpec (all tensors have leading dim n).
+
+    top/left/height/width: crop box (int64, pixels of the input). flip, jitter, gray, blur,
+    solarize: bool masks (op applied). factors [n, 4]: brightness, contrast, saturation, hue.
+    order [n, 4]: ColorJitter's op order, a permutation of 0..3 in that same numbering.
+    sigma [n]: blur std.
+    """
+
+    top: Tensor
+    left: Tensor
+    height: Tensor
+    width: Tensor
+    flip: Tensor
+    jitter: Tensor
+    factors: Tensor
+    order: Tensor
+    gray: Tensor
+    blur: Tensor
+    sigma: Tensor
+    solarize: Tensor
+
+
+def _rand(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """U[0, 1) drawn on the generator's device (the global RNG if None), moved to `device`."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _uniform(
+    lo: float, hi: float, n: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    return lo + (hi - lo) * _rand((n,), generator, device)
+
+
+def _sample_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RandomResizedCrop.get_params for n samples: 10 trials of (area, log-ratio), first valid wins,
+    else the central-crop fallback. Float64 and round-half-even, as torchvision's Python math."""
+    area = height * width
+    u = _rand((3, n, 10), generator, device, torch.float64)
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+    w = torch.round(torch.sqrt(target_area * aspect))  # [n, 10]
+    h = torch.round(torch.sqrt(target_area / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first valid trial
+    found = ok.any(dim=1)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    # fallback: the largest central crop with an aspect ratio inside `ratio`
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    w = torch.where(found, w, float(fw)).long()
+    h = torch.where(found, h, float(fh)).long()
+    # uniform integer offsets in [0, H - h]; the clamp guards against u * n rounding up to n
+    top = torch.minimum((u[2, :, 0] * (height - h + 1)).long(), height - h)
+    left = torch.minimum((u[2, :, 1] * (width - w + 1)).long(), width - w)
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return top, left, h, w
+
+
+def sample_params(
+    spec: ViewSpec,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> ViewParams:
+    """Draw n independent sets of augmentation parameters of `spec` for images of height x width."""
+    device = torch.device(device or "cpu")
+    top, left, h, w = _sample_boxes(n, height, width, spec.scale, spec.ratio, generator, device)
+    b, c, s, hue = spec.jitter
+    factors = torch.stack(
+        [
+            _uniform(max(0.0, 1 - b), 1 + b, n, generator, device),
+            _uniform(max(0.0, 1 - c), 1 + c, n, generator, device),
+            _uniform(max(0.0, 1 - s), 1 + s, n, generator, device),
+            _uniform(-hue, hue, n, generator, device),
+        ],
+        dim=1,
+    )  # [n, 4]
+    u = _rand((5, n), generator, device)
+    return ViewParams(
+        top=top,
+        left=left,
+        height=h,
+        width=w,
+        flip=u[0] < spec.flip_p,
+        jitter=u[1] < spec.jitter_p,
+        factors=factors,
+        order=_rand((n, 4), generator, device).argsort(dim=1),  # a uniform random permutation
+        gray=u[2] < spec.gray_p,
+        blur=u[3] < spec.blur_p,
+        sigma=_uniform(spec.blur_sigma[0], spec.blur_sigma[1], n, generator, device),
+        solarize=u[4] < spec.solarize_p,
+    )
+
+
+# ============ fast path: batched ops on float images in [0, 1] ============
+
+
+def _filter(x: Tensor, interpolation: str) -> Tensor:
+    """Kernels of torch's antialiased resize: triangle, or Keys cubic with a = -0.5."""
+    x = x.abs()
+    if interpolation == "bilinear":
+        return (1 - x).clamp(min=0)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _resample_matrix(
+    start: Tensor,
+    length: Tensor,
+    in_size: int,
+    out_size: int,
+    interpolation: str,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Per-sample 1-D resampling matrices [n, out_size, in_size] that crop [start, start+length)
+    and resize it to out_size with the weights of
+    F.interpolate(antialias=True, align_corners=False).
+    """
+    length = length.to(dtype).view(-1, 1, 1)
+    scale = length / out_size  # input pixels per output pixel
+    out_pos = torch.arange(out_size, device=start.device, dtype=dtype) + 0.5
+    center = scale * out_pos.view(1, -1, 1)  # [n, S, 1]
+    t = torch.arange(in_size, device=start.device, dtype=dtype).view(1, 1, -1)
+    t = t - start.to(dtype).view(-1, 1, 1)  # crop coordinate of every input pixel, [n, 1, in]
+    # when downsampling, the filter is stretched by `scale` (antialiasing)
+    weights = _filter((t - center + 0.5) / scale.clamp(min=1.0), interpolation)
+    weights = weights * ((t >= 0) & (t < length))  # only pixels inside the crop
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def crop_resize(x: Tensor, params: ViewParams, size: int, interpolation: str) -> Tensor:
+    """Crop each sample's box, resize it to size x size and flip it where params.flip.
+
+    x is [B, C, H, W] and params hold n = k * B samples (k views of the same batch, sample i uses
+    image i % B); returns [n, C, size, size]. Separable resampling as two batched matmuls; the flip
+    reverses the output columns, which commutes with every later (pointwise or symmetric) op.
+    """
+    B, C, H, W = x.shape
+    rows = _resample_matrix(params.top, params.height, H, size, interpolation, x.dtype)  # [n,S,H]
+    cols = _resample_matrix(params.left, params.width, W, size, interpolation, x.dtype)  # [n,S,W]
+    cols = torch.where(params.flip.view(-1, 1, 1), cols.flip(1), cols)
+    k = rows.shape[0] // B
+    out = rows.view(k, B, 1, size, H) @ x.unsqueeze(0)  # [k, B, C, S, W]
+    out = out @ cols.view(k, B, 1, size, W).transpose(-1, -2)  # [k, B, C, S, S]
+    out = out.reshape(k * B, C, size, size)
+    return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out  # cubic overshoots
+
+
+def _grayscale(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the HSV hue of x [n, 3, H, W] by shift [n] (fraction of a turn), as adjust_hue."""
+    vmax, argmax = x.max(dim=1)
+    chroma = vmax - x.min(dim=1).values
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    r, g, b = x.unbind(dim=1)
+    # hue sector by the max channel, red first, then green, then blue (PIL's tie-breaking)
+    hue = torch.where(
+        argmax == 0,
+        ((g - b) / safe) % 6,
+        torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4),
+    )
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift.view(-1, 1, 1)) % 1.0
+    sat = chroma / torch.where(vmax > 0, vmax, torch.ones_like(vmax))
+    # HSV -> RGB: channel = v - v * s * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = (n + 6 * hue.unsqueeze(1)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
+    return vmax.unsqueeze(1) * (1 - sat.unsqueeze(1) * ramp)
+
+
+def color_jitter(
+    x: Tensor, apply: Tensor, factors: Tensor, order: Tensor, with_hue: bool = True
+) -> Tensor:
+    """ColorJitter per sample: the 4 ops (brightness, contrast, saturation, hue) in each sample's
+    own random order, only where `apply`. Brightness, contrast and saturation are one blend each,
+    `clamp(f * x + (1 - f) * target)`, with target 0, the mean gray level, or the gray image.
+    `with_hue=False` skips the (costly) hue op, for a zero hue range."""
+
+    def per_sample(t: Tensor) -> Tensor:
+        return t.view(-1, 1, 1, 1)
+
+    for k in range(4):  # loop over the 4 op slots, never over samples
+        op = torch.where(apply, order[:, k], -1)  # [n]; -1 = this sample is not jittered
+        f = factors.gather(1, order[:, k : k + 1]).squeeze(1)
+        gray = _grayscale(x)
+        target = torch.where(
+            per_sample(op == 2),
+            gray,
+            torch.where(
+                per_sample(op == 1), gray.mean(dim=(1, 2, 3), keepdim=True), torch.zeros_like(gray)
+            ),
+        )
+        ratio = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
+        x = (ratio * x + (1 - ratio) * target).clamp_(0.0, 1.0)
+        if with_hue:
+            is_hue = op == 3
+            shifted = _shift_hue(x, torch.where(is_hue, f, torch.zeros_like(f)))
+            x = torch.where(per_sample(is_hue), shifted, x)
+    return x
+
+
+def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Per-sample Gaussian blur of x [n, C, H, W] (std sigma [n], reflect padding, as torchvision),
+    as a separable grouped convolution; samples with apply=False get a delta kernel (exact copy)."""
+    n, C, H, W = x.shape
+    offsets = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - (kernel_size - 1) / 2
+    kernel = torch.exp(-0.5 * (offsets / sigma.view(-1, 1).to(x.dtype)) ** 2)  # [n, k]
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    delta = (offsets == 0).to(x.dtype).expand(n, -1)
+    kernel = torch.where(apply.view(-1, 1), kernel, delta).repeat_interleave(C, dim=0)  # [n*C, k]
+    pad = kernel_size // 2
+    y = F.pad(x, (pad, pad, pad, pad), mode="reflect").view(1, n * C, H + 2 * pad, W + 2 * pad)
+    y = F.conv2d(y, kernel.view(n * C, 1, 1, kernel_size), groups=n * C)  # along W
+    y = F.conv2d(y, kernel.view(n * C, 1, kernel_size, 1), groups=n * C)  # along H
+    return y.view(n, C, H, W)
+
+
+def apply_params(x: Tensor, spec: ViewSpec, params: ViewParams) -> Tensor:
+    """Augment a float batch x [B, 3, H, W] in [0, 1] with sampled params -> [n, 3, S, S] in [0, 1]
+    (n = k * B, see `crop_resize`), in MoCo v3's op order. No normalisation."""
+    y = crop_resize(x, params, spec.size, spec.interpolation)
+    if spec.jitter_p > 0 and any(spec.jitter):
+        y = color_jitter(y, params.jitter, params.factors, params.order, spec.jitter[3] > 0)
+    if spec.gray_p > 0:
+        y = torch.where(params.gray.view(-1, 1, 1, 1), _grayscale(y).expand_as(y), y)
+    if spec.blur_p > 0:
+        y = gaussian_blur(y, params.blur, params.sigma, spec.kernel_size)
+    if spec.solarize_p > 0:
+        invert = params.solarize.view(-1, 1, 1, 1) & (y >= spec.solarize_threshold / 255)
+        y = torch.where(invert, 1 - y, y)
+    return y
+
+
+def _to_float(x: Tensor) -> Tensor:
+    """uint8 images -> float32 in [0, 1]; float images are assumed to be in [0, 1] already."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+class BatchMultiView(nn.Module):
+    """Fast multi-view augmentation: uint8 [B, 3, H, W] -> list of V normalised float [B, 3, S, S].
+
+    Every sample and view gets independent parameters drawn (from the global torch RNG, or
+    `generator`) from the same distributions as `MultiViewTransform`. Views with the same ViewSpec
+    are augmented in one batched call. The only difference from the reference is numeric: the
+    reference rounds to uint8 after each op, this path stays in float32.
+    """
+
+    sample_params = staticmethod(sample_params)
+
+    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.specs = tuple(specs)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        groups: dict[ViewSpec, list[int]] = {}
+        for v, spec in enumerate(self.specs):
+            groups.setdefault(spec, []).append(v)
+        self.groups = list(groups.items())  # (spec, view indices), in order of first appearance
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"BatchMultiView expects [B, 3, H, W] images, got {tuple(x.shape)}")
+        x = _to_float(x)
+        B, _, H, W = x.shape
+        views: list[Tensor] = [x] * len(self.specs)
+        for spec, idx in self.groups:
+            if not spec.crop:
+                y = resize_for_eval(x, spec.size, interpolation=spec.interpolation)
+                y = y.unsqueeze(0).expand(len(idx), -1, -1, -1, -1).reshape(-1, *y.shape[1:])
+            else:
+                params = sample_params(spec, len(idx) * B, H, W, generator, x.device)
+                y = apply_params(x, spec, params)  # [len(idx) * B, 3, S, S]
+            y = (y - self.mean) / self.std
+            for k, v in enumerate(idx):
+                views[v] = y[k * B : (k + 1) * B]
+        return views
+
+    def extra_repr(self) -> str:
+        return f"{len(self.specs)} views: {self.specs}"

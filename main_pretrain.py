@@ -1,0 +1,301 @@
+"""Multi-view contrastive pretraining: one loop for every method of models/methods.py.
+
+    python main_pretrain.py --method mocov3 -a vit_small -b 1024 --optimizer adamw --lr 1.5e-4 \
+        --weight-decay .1 --epochs 300 --warmup-epochs 40 --stop-grad-conv1 --moco-m-cos \
+        --dataset imagenet --data /path/to/imagenet --multiprocessing-distributed --world-size 1 --rank 0
+
+Read top to bottom: arguments, launch, main_worker (data -> model -> loss -> optimizer and schedules
+-> resume -> train), train_one_epoch.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from data.loaders import build_eval_loaders, build_view_loader
+from data.datasets import dataset_info
+from models.methods import ALIASES, METHODS, add_method_args, build_model
+from utils import dist
+from utils.args import add_common_args, parse_with_config
+from utils.checkpoint import checkpoint_path, find_resume, prune_checkpoints, save_atomic
+from utils.knn import encoder_in_eval, extract_features, knn_classify
+from utils.logger import MetricAverager, RunLogger, format_metrics
+from utils.misc import bool_flag, git_sha, rng_state, seed_everything, set_rng_state
+from utils.optim import build_optimizer, param_groups, set_lr_wd
+from utils.results import write_results
+from utils.schedules import cosine_schedule, momentum_schedule
+from utils.training import NonFiniteError, amp_context, build_scaler, check_finite
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Multi-view contrastive pretraining", add_help=False)
+    add_common_args(parser)
+    g = parser.add_argument_group("method")
+    methods = "; ".join(f"{k}: {m.summary}" for k, m in sorted(METHODS.items()))
+    g.add_argument("--method", "--model", dest="method", default="mocov3",
+                   help=f"one of {sorted(METHODS)} (aliases {ALIASES}). {methods}")
+    g = parser.add_argument_group("backbone")
+    g.add_argument("-a", "--arch", default="resnet50",
+                   help="resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base")
+    g.add_argument("--width", default=64, type=int,
+                   help="ResNet first-stage width (64 = standard; 16 for fast CPU runs)")
+    g.add_argument("--img-size", default=None, type=int,
+                   help="training crop size (default: the dataset's: 224 ImageNet, 32 CIFAR, 28 bundled)")
+    g.add_argument("--patch-size", default=None, type=int,
+                   help="ViT patch size (default: 16 at >= 128 px, else 4)")
+    g.add_argument("--stop-grad-conv1", action="store_true",
+                   help="freeze the ViT patch projection at its random init (MoCo v3)")
+    g.add_argument("--drop-path", default=0.0, type=float, help="ViT stochastic depth (online only)")
+    g = parser.add_argument_group("MoCo v3 (shared by the momentum methods)")
+    g.add_argument("--moco-dim", default=256, type=int, help="embedding dimension (default: 256)")
+    g.add_argument("--moco-mlp-dim", default=4096, type=int, help="hidden MLP width (default: 4096)")
+    g.add_argument("--moco-m", default=0.99, type=float, help="EMA momentum m0 (default: 0.99)")
+    g.add_argument("--moco-m-cos", action="store_true", help="raise m from m0 to 1 by a half cosine")
+    g.add_argument("--moco-t", default=1.0, type=float,
+                   help="softmax temperature of every InfoNCE-family loss (moco-v3 default: 1.0; "
+                        "ViT recipes 0.2). DSF ignores it: it uses --kld-t")
+    g.add_argument("--crop-min", default=0.08, type=float,
+                   help="minimum RandomResizedCrop scale (0.08 ViT, 0.2 ResNet recipes)")
+    g.add_argument("--ns", default=1, type=int,
+                   help="crops per branch: each image gives 2 x ns views (DSF: 4)")
+    add_method_args(parser)
+    g = parser.add_argument_group("optimization")
+    g.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=256, type=int,
+                   help="GLOBAL batch over all processes (moco-v3)")
+    g.add_argument("--lr", "--learning-rate", dest="lr", default=0.6, type=float,
+                   help="base lr; the effective lr is lr x batch / 256")
+    g.add_argument("--min-lr", default=0.0, type=float, help="final lr of the cosine (default: 0)")
+    g.add_argument("--epochs", default=100, type=int)
+    g.add_argument("--warmup-epochs", default=10, type=float, help="linear lr warmup (epochs)")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=1e-6, type=float)
+    g.add_argument("--weight-decay-end", default=None, type=float,
+                   help="cosine weight-decay schedule end value (PatchMix: 0.04 -> 0.4); "
+                        "default: constant")
+    g.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw", "adam"])
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD/LARS momentum")
+    g.add_argument("--exclude-norm-bias", default=False, type=bool_flag,
+                   help="no weight decay on biases and norm parameters (moco-v3 AdamW applies it to "
+                        "all, as DSF does; LARS excludes them itself)")
+    g.add_argument("--clip-grad", default=0.0, type=float, help="max grad norm (0 = off)")
+    g.add_argument("--momentum-per-epoch", default=False, type=bool_flag,
+                   help="reproduce PatchMix's once-per-epoch momentum update (methods.md §9.6-1)")
+    g = parser.add_argument_group("speed")
+    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16 works on both")
+    g.add_argument("--compile", default=False, type=bool_flag, help="torch.compile the model")
+    g.add_argument("--aug-device", default="auto", choices=["auto", "device", "workers"],
+                   help="where views are made: batched on the training device (in-memory datasets), "
+                        "or per sample in loader workers (the reference path)")
+    g = parser.add_argument_group("checkpoints and monitoring")
+    g.add_argument("--resume", default="", help="checkpoint path, or 'auto' (newest valid in "
+                                                "--results_dir)")
+    g.add_argument("--save-freq-steps", default=0, type=int,
+                   help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
+    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
+    g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="a non-finite loss or gradient stops the run, or skips the step (counted)")
+    g.add_argument("--print-freq", default=50, type=int)
+    g.add_argument("--knn-freq", default=0, type=int, help="kNN monitor every N epochs (0 = off)")
+    g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor")
+    g.add_argument("--knn-t", default=0.1, type=float, help="temperature of the kNN monitor")
+    g.add_argument("--steps-per-epoch", default=0, type=int,
+                   help="cap on steps per epoch for smoke tests (0 = the whole dataset)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    args.method = ALIASES.get(args.method, args.method)
+    if args.method not in METHODS:
+        sys.exit(f"error: --method {args.method!r} is unknown; choose from {sorted(METHODS)}")
+    dist.launch(main_worker, args)
+
+
+def main_worker(gpu, args):
+    dist.init(gpu, args)
+    device = args.device
+    if args.batch_size % args.world_size:
+        raise SystemExit(f"error: -b {args.batch_size} is not divisible by the {args.world_size} "
+                         "processes; pick a multiple of the world size")
+    args.batch_size_per_gpu = args.batch_size // args.world_size
+    args.lr_effective = args.lr * args.batch_size / 256
+    if args.seed is not None:
+        seed_everything(args.seed + args.rank)
+    os.makedirs(args.results_dir, exist_ok=True)
+    print(f"git {git_sha()}\n" + "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+    if dist.is_main_process():
+        with open(os.path.join(args.results_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1, default=str)
+    method = METHODS[args.method]
+
+    # ============ data ============
+    args.img_size = args.img_size or dataset_info(args.dataset).img_size
+    loader, augment, info = build_view_loader(args, method.views(args))
+    iters = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
+
+    # ============ model ============
+    model = build_model(args)[0].to(device)
+    if args.channels_last and not args.arch.startswith("vit"):
+        model = model.to(memory_format=torch.channels_last)
+    if args.world_size > 1 and args.gpu is not None:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # moco-v3; CUDA only
+    model_without_ddp = model
+    if args.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if args.gpu is not None else None)
+    forward = torch.compile(model) if args.compile else model
+
+    # ============ loss ============
+    criterion = method.loss(args).to(device)
+
+    # ============ optimizer and schedules ============
+    optimizer = build_optimizer(args.optimizer, param_groups(model_without_ddp,
+                                                             args.exclude_norm_bias),
+                                args.lr_effective, args.weight_decay, args.momentum)
+    scaler = build_scaler(args)
+    lr_sched = cosine_schedule(args.lr_effective, args.min_lr, args.epochs, iters,
+                               args.warmup_epochs)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_sched = cosine_schedule(args.weight_decay, wd_end, args.epochs, iters)
+    m_sched = momentum_schedule(args.moco_m, args.epochs, iters, args.moco_m_cos,
+                                args.momentum_per_epoch)
+    schedules = {"lr": lr_sched, "wd": wd_sched, "m": m_sched}
+
+    # ============ resume ============
+    start = {"epoch": 0, "step": 0, "nonfinite_skipped": 0}
+    found = find_resume(args.resume, args.results_dir)
+    if found:
+        path, ckpt = found
+        check_compatible(ckpt, args, path)
+        model_without_ddp.load_state_dict(ckpt["model"])
+        criterion.load_state_dict(ckpt["criterion"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start = {"epoch": ckpt["epoch"], "step": ckpt["step"],
+                 "nonfinite_skipped": ckpt.get("nonfinite_skipped", 0)}
+        print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
+
+    def save(epoch: int, step: int) -> None:
+        if dist.is_main_process():
+            state = {"epoch": epoch, "step": step, "method": args.method, "args": plain(vars(args)),
+                     "model": model_without_ddp.state_dict(), "criterion": criterion.state_dict(),
+                     "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None,
+                     "rng": rng_state(), "nonfinite_skipped": start["nonfinite_skipped"]}
+            save_atomic(state, checkpoint_path(args.results_dir, epoch, step))
+            prune_checkpoints(args.results_dir, args.keep_checkpoints)
+
+    # ============ train ============
+    logger = RunLogger(args.results_dir, dist.is_main_process())
+    knn_history, t0, images_seen = [], time.time(), 0
+    for epoch in range(start["epoch"], args.epochs):
+        loader.sampler.set_epoch(epoch, start["step"] * args.batch_size_per_gpu)
+        stats = train_one_epoch(forward, model_without_ddp, criterion, loader, augment, optimizer,
+                                scaler, schedules, epoch, iters, start, save, args)
+        images_seen += stats.pop("images")
+        start["step"] = 0
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
+        if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs):
+            record["test_knn_top1"] = knn_monitor(model_without_ddp, args)
+            knn_history.append(record["test_knn_top1"])
+        print(f"epoch {epoch + 1}/{args.epochs}  {format_metrics(record)}")
+        logger.epoch(record)
+        save(epoch + 1, 0)
+    wall = time.time() - t0
+    logger.close()
+    if dist.is_main_process():
+        write_results(args.results_dir, "pretrain", args, {
+            "knn_top1_monitor": knn_history[-1] if knn_history else None,
+            "images_per_s": images_seen * args.world_size / max(wall, 1e-9)}, wall)
+    dist.cleanup()
+
+
+def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scaler, schedules,
+                    epoch, iters, start, save, args):
+    forward.train()
+    criterion.train()
+    meter, images = MetricAverager(), 0
+    device = args.device
+    for i, (x, y) in enumerate(loader, start=start["step"]):
+        if i >= iters:
+            break
+        it = epoch * iters + i  # global iteration: every schedule is indexed by it
+        set_lr_wd(optimizer, schedules["lr"][it], schedules["wd"][it])
+        if hasattr(model, "update_momentum"):
+            model.update_momentum(float(schedules["m"][it]))  # before the forward, as moco-v3
+        views = augment(x.to(device, non_blocking=True) if torch.is_tensor(x)
+                        else [v.to(device, non_blocking=True) for v in x])
+        if args.channels_last and not args.arch.startswith("vit"):
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with amp_context(args):
+            out = forward(views)
+            out.extras["labels"] = y.to(device, non_blocking=True)
+            loss, metrics = criterion(out)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        max_norm = args.clip_grad if args.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+        try:
+            check_finite(loss, grad_norm, metrics, epoch, i, args.on_nonfinite)
+        except NonFiniteError as skip:
+            start["nonfinite_skipped"] += 1
+            print(f"warning: {skip}; step skipped ({start['nonfinite_skipped']} so far)")
+            continue
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        images += y.shape[0]
+        meter.update({"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics})
+        if args.save_freq_steps and (i + 1) % args.save_freq_steps == 0 and i + 1 < iters:
+            save(epoch, i + 1)
+        if i % args.print_freq == 0:
+            print(f"epoch {epoch} [{i}/{iters}] lr {schedules['lr'][it]:.3g} "
+                  f"{format_metrics(meter.averages())}")
+    return {**meter.averages(), "lr": float(schedules["lr"][epoch * iters + iters - 1]),
+            "images": images}
+
+
+def knn_monitor(model, args) -> float:
+    """Weighted kNN top-1 of the online backbone (k = --knn-k, T = --knn-t) on the val split."""
+    train_loader, val_loader, prepare, info = build_eval_loaders(args, args.img_size)
+    encode = encoder_in_eval(model.backbone)
+    with amp_context(args):
+        train = extract_features(encode, train_loader, len(train_loader.dataset), args.device,
+                                 prepare)
+        val = extract_features(encode, val_loader, len(val_loader.dataset), args.device, prepare)
+    return knn_classify(*train, *val, ks=[args.knn_k], temperature=args.knn_t,
+                        num_classes=info.num_classes)[min(args.knn_k, len(train[0]))]
+
+
+def check_compatible(ckpt: dict, args, path: str) -> None:
+    """A checkpoint of another method, architecture or view count is a one-line error."""
+    saved = ckpt.get("args", {})
+    keys = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim"]
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(args, k)!r}" for k in keys
+            if k in saved and saved.get(k) != getattr(args, k)]
+    if diff:
+        raise SystemExit(f"error: {path} does not match this run ({'; '.join(diff)})")
+
+
+def plain(d: dict) -> dict:
+    """args as plain data (weights_only-loadable): devices and other objects become strings."""
+    ok = (int, float, str, bool, type(None), list, tuple)
+    return {k: v if isinstance(v, ok) else str(v) for k, v in d.items()}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser("Multi-view contrastive pretraining",
+                                     parents=[get_args_parser()])
+    main(parse_with_config(parser))

@@ -1,0 +1,342 @@
+"""The method registry: ``--method`` -> builder + loss + view recipe. The only module that imports
+both models and losses.
+
+A method is one builder plus one loss, chosen by one dict entry; the training loop never names a
+method. Each entry's flags live in one argument group below (``add_method_args``), next to the entry,
+so adding a method touches this file, its loss file, its test and main.sh/README only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from data.representations import REPRESENTATIONS, batch_augment, compute_representations
+from data.transforms import ViewSpec, byol_asymmetric, multicrop, original_view, simclr_symmetric
+from losses.base import ContrastiveLoss
+from losses.bregman import BeCLR
+from losses.dependence import MVMR as MVMRLoss
+from losses.infonce import InfoNCE, NTXent
+from losses.nnclr import NNCLR
+from losses.patchmix import PatchMix
+from losses.soft_neighbour import SoftNeighbour
+from utils.checkpoint import load_checkpoint
+from utils.misc import bool_flag
+from models import build_backbone
+from models.beclr import BeCLRNet
+from models.heads import build_mlp
+from models.moco import MoCoV3
+from models.mvmr import MVMR
+from models.nnclr import nnclr_heads
+from models.patchmix import PatchMixMoCo
+from models.simclr import SimCLR
+
+
+@dataclass(frozen=True)
+class Method:
+    summary: str  # one line for --help and README
+    builder: Callable[[argparse.Namespace, nn.Module, int], nn.Module]  # (args, backbone, feat_dim)
+    loss: Callable[[argparse.Namespace], ContrastiveLoss]  # args -> criterion, explicit kwargs
+    views: Callable[[argparse.Namespace], list[ViewSpec]]  # args -> augmentation recipe, side-major
+
+
+def is_vit(args: argparse.Namespace) -> bool:
+    return args.arch.startswith("vit")
+
+
+def small_images(args: argparse.Namespace) -> bool:
+    """32-px-class inputs: no Gaussian blur (SimCLR/solo CIFAR recipes), CIFAR stem."""
+    return args.img_size <= 64
+
+
+def mocov3_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int,
+                   **kwargs) -> MoCoV3:
+    """MoCo v3 heads (methods.md §1.1): ViT 3-layer projector; ResNet 2-layer, predictor w/o last BN."""
+    vit = is_vit(args)
+    return MoCoV3(backbone, feat_dim, dim=args.moco_dim, mlp_dim=args.moco_mlp_dim,
+                  proj_layers=3 if vit else 2, pred_layers=2, proj_last_bn=True, pred_last_bn=vit,
+                  **kwargs)
+
+
+def simclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> SimCLR:
+    """solo-learn's SimCLR projector: Linear -> ReLU -> Linear (2048 -> 256 by default)."""
+    projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
+                              nn.Linear(args.proj_hidden_dim, args.proj_dim))
+    return SimCLR(backbone, feat_dim, projector)
+
+
+def nnclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> SimCLR:
+    """NNCLR heads (methods.md §4); each view forwarded separately (BN per view, as solo-learn)."""
+    projector, predictor = nnclr_heads(feat_dim, hidden=args.proj_hidden_dim,
+                                       pred_hidden=args.pred_hidden_dim, out=args.proj_dim)
+    return SimCLR(backbone, feat_dim, projector, predictor)
+
+
+def beclr_imagenet(args: argparse.Namespace) -> bool:
+    return args.dataset in ("imagenet", "in100")  # main_imgnet.py / model_imgnet.py
+
+
+def beclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> BeCLRNet:
+    """CIFAR/STL: BN projector + normalised fc_out (model.py); ImageNet: no BN, not normalised."""
+    imnet = beclr_imagenet(args)
+    return BeCLRNet(backbone, feat_dim, feature_dim=args.feature_dim,
+                    k_subs=args.k_subs or (200 if imnet else 100),
+                    subnet_hidden=args.subnet_hidden or (100 if imnet else 512),
+                    dropout=args.subnet_dropout, normalize=not imnet, proj_bn=not imnet)
+
+
+def beclr_temperature(args: argparse.Namespace) -> float:
+    if args.temperature is not None:
+        return args.temperature
+    return 0.1 if beclr_imagenet(args) else 0.5
+
+
+def beclr_views(args: argparse.Namespace) -> list[ViewSpec]:
+    """data_aug/transformation.py: two identical views; blur only when size > 100."""
+    spec = ViewSpec(args.img_size, scale=(0.08, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1),
+                    jitter_p=0.8, gray_p=0.2, blur_p=0.5 if args.img_size > 100 else 0.0,
+                    blur_sigma=(0.1, 2.0), solarize_p=0.0)
+    return [spec, spec]
+
+
+def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMR:
+    """MV-MR (methods.md §7.1): official projector; representations of the original view.
+    The stem and zero-init come from mvmr_stem (METHOD_BACKBONE) so evaluation rebuilds them."""
+    unknown = sorted(set(args.mvmr_reps) - set(REPRESENTATIONS))
+    if unknown:
+        raise SystemExit(f"error: unknown --mvmr-reps {unknown}; choose from {list(REPRESENTATIONS)}")
+    reps = partial(compute_representations, names=list(args.mvmr_reps),
+                   augment=batch_augment(args.img_size))
+    return MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps,
+                small_kernel=False, zero_init_residual=False)
+
+
+def mvmr_views(args: argparse.Namespace) -> list[ViewSpec]:
+    """[original, augmented]: the official "cifar20" policy at <= 64 px, "custom" above."""
+    size = args.img_size
+    if size <= 64:
+        aug = ViewSpec(size, scale=(0.2, 1.0), interpolation="bicubic", jitter=(0.4, 0.4, 0.4, 0.1),
+                       jitter_p=0.8, gray_p=0.1, blur_p=0.0)
+    else:
+        aug = ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=1.0,
+                       blur_sigma=(0.1, 2.0), blur_kernel=2 * int(0.05 * size) + 1)
+    return [original_view(size), aug]
+
+
+def patchmix_mix_size(args: argparse.Namespace) -> int:
+    """--mix-size, else the ViT patch size (official), else ceil(img_size / 16) for ResNets."""
+    if args.mix_size:
+        return args.mix_size
+    if is_vit(args):
+        return backbone_kwargs(vars(args))["patch_size"]
+    return -(-args.img_size // 16)  # about a 16 x 16 grid, as the official 32 px / patch 2
+
+
+def patchmix_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> PatchMixMoCo:
+    """MoCo v3 heads (ViT: 3-layer projector, 2-layer predictor, both with last BN) + mixing."""
+    vit = is_vit(args)
+    return PatchMixMoCo(backbone, feat_dim, dim=args.moco_dim, mlp_dim=args.moco_mlp_dim,
+                        proj_layers=3 if vit else 2, pred_layers=2, proj_last_bn=True,
+                        pred_last_bn=vit, momentum_encoder=args.momentum_encoder,
+                        mix_size=patchmix_mix_size(args), mix_num=args.mix_num, mix_p=args.mix_p)
+
+
+def patchmix_views(args: argparse.Namespace) -> list[ViewSpec]:
+    """BYOL-asymmetric pair with bicubic crops (blur kept at 32 px), + local crops (ImageNet)."""
+    pair = byol_asymmetric(args.img_size, crop_min=args.crop_min, interpolation="bicubic")
+    if not args.local_crops:
+        return pair
+    return multicrop(pair, args.local_crops, args.local_crop_size,
+                     local_scale=(args.local_crop_min, args.crop_min))
+
+
+def mocov3_views(args: argparse.Namespace) -> list[ViewSpec]:
+    return byol_asymmetric(args.img_size, crop_min=args.crop_min, ns=args.ns,
+                           blur=not small_images(args))
+
+
+def simclr_views(args: argparse.Namespace) -> list[ViewSpec]:
+    return simclr_symmetric(args.img_size, n_views=2 * args.ns,
+                            blur_p=0.0 if small_images(args) else 0.5)
+
+
+METHODS: dict[str, Method] = {
+    "mocov3": Method("MoCo v3 (Chen, Xie, He 2021): InfoNCE between predictor and momentum keys",
+                     mocov3_builder, lambda a: InfoNCE(a.moco_t), mocov3_views),
+    "simclr": Method("SimCLR (Chen et al. 2020): NT-Xent over all views, negatives from all ranks",
+                     simclr_builder, lambda a: NTXent(a.moco_t), simclr_views),
+    "nnclr": Method("NNCLR (Dwibedi et al. 2021): InfoNCE with the positive swapped for its "
+                    "nearest neighbour in a support set", nnclr_builder,
+                    lambda a: NNCLR(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim),
+                    mocov3_views),  # BYOL-asymmetric views, no blur at 32 px (solo asymmetric.yaml)
+    "snclr": Method("SNCLR (Ge et al. 2023): MoCo v3 InfoNCE plus soft-weighted bank neighbours as "
+                    "positives", mocov3_builder,
+                    lambda a: SoftNeighbour(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
+                                            dim=a.moco_dim, threshold=a.threshold,
+                                            detach_weights=a.detach_weights),
+                    mocov3_views),
+    "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
+                    "NT-Xent", beclr_builder,
+                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss), beclr_views),
+    "mvmr": Method("MV-MR (Kinakh et al. 2023): MSE + variance hinge + distance correlation "
+                   "between original and augmented views, + dCor with hand-crafted representations",
+                   mvmr_builder, lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
+                                                   representation_sign=a.mvmr_rep_sign), mvmr_views),
+    "patchmix": Method("PatchMix (Shen et al. 2023): soft-target contrasts between patch-mixed and "
+                       "original images", patchmix_builder,
+                       lambda a: PatchMix(temperature=a.moco_t, smoothing=a.src_smoothing,
+                                          m=a.mix_num, mix_smoothing=a.mix_smoothing,
+                                          accumulate=a.mix_accumulate), patchmix_views),
+}
+
+ALIASES = {"mocov3_dsf": "dsf"}  # DSF's README spells the method --model=mocov3_dsf
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """Every method's own flags, one argument group per method."""
+    g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
+    g.add_argument("--proj-hidden-dim", default=2048, type=int,
+                   help="hidden width of the SimCLR projector (solo-learn: 2048)")
+    g.add_argument("--proj-dim", default=256, type=int,
+                   help="output width of the SimCLR projector (solo-learn: 256)")
+    g.add_argument("--pred-hidden-dim", "--pred_hidden_dim", dest="pred_hidden_dim", default=4096,
+                   type=int, help="NNCLR predictor hidden width (paper, solo-learn: 4096)")
+    g = parser.add_argument_group("NNCLR")
+    g.add_argument("--queue-size", "--queue_size", dest="queue_size", default=98304, type=int,
+                   help="NNCLR support-set rows, shared by all ranks (default 98304, the paper's; "
+                        "solo-learn CIFAR: 65536). Use a multiple of the global batch: at the "
+                        "wrap-around the tail of a batch is dropped (solo-learn asserts instead)")
+    g = parser.add_argument_group("SNCLR")
+    g.add_argument("--bank-size", "--bank_size", dest="bank_size", default=98304, type=int,
+                   help="SNCLR bank rows PER RANK (default 98304 = the official builder default; "
+                        "official recipe start.sh and main_log.py: 128000)")
+    g.add_argument("--topk", default=5, type=int,
+                   help="SNCLR neighbours per key K (default 5 = code default; recipe: 30)")
+    g.add_argument("--threshold", nargs="?", const=True, default=False, type=bool_flag,
+                   help="keep only soft weights w > 1/K (official flag, default off)")
+    g.add_argument("--detach-weights", nargs="?", const=True, default=False, type=bool_flag,
+                   help="stop the gradient the official soft weights send into the projector "
+                        "(default false = official behaviour)")
+    g = parser.add_argument_group("BeCLR")
+    g.add_argument("--k-subs", "--k_subs", dest="k_subs", default=None, type=int,
+                   help="number of sub-networks K (default: 100 CIFAR/STL as main.py, 200 "
+                        "imagenet/in100 as main_imgnet.py). Watch active_frac: < 0.1 = collapse")
+    g.add_argument("--subnet-hidden", "--layer_size", dest="subnet_hidden", default=None, type=int,
+                   help="hidden width H of each Linear(128,H)-ReLU-Dropout-Linear(H,1) (default: 512 "
+                        "CIFAR/STL, 100 ImageNet; the official --layer_size could not be set from its CLI)")
+    g.add_argument("--subnet-dropout", default=0.2, type=float,
+                   help="dropout in each sub-network (official 0.2: makes phi random in train mode)")
+    g.add_argument("--sigma", default=0.9, type=float,
+                   help="Bregman bandwidth, s = exp(-d / 2 sigma^2) (training 0.9; the official kNN "
+                        "monitor uses 1.0: main_knn.py --sigma)")
+    g.add_argument("--feature-dim", "--feature_dim", "--fc_dim", dest="feature_dim", default=128,
+                   type=int, help="fc_out width (default 128; README --feature_dim, main.py --fc_dim)")
+    g.add_argument("--temperature", default=None, type=float,
+                   help="T of both BeCLR terms (default 0.5 CIFAR/STL, 0.1 imagenet/in100; BeCLR "
+                        "ignores --moco-t). The official README and code disagree on batch (512/1024 "
+                        "vs code 64) and k_nn (200 vs code 50), not on T; we follow the code")
+    g.add_argument("--mixed-loss", default=True, type=bool_flag,
+                   help="add the cosine NT-Xent on fc_out (official Trainer.mixed_loss=True)")
+    g = parser.add_argument_group("MV-MR")
+    g.add_argument("--proj-dims", "--out_dim", dest="proj_dims", default="8192-8192-8192",
+                   help="MV-MR projector sizes 'hidden-...-D' (official 8192-8192-8192); not "
+                        "--proj-dim (SimCLR). Shrink to e.g. 512-512-512 on CPU")
+    g.add_argument("--std-margin", "--std_margin", dest="std_margin", default=1.0, type=float,
+                   help="margin of the per-dimension std hinge (official std_margin: 1)")
+    g.add_argument("--mvmr-scale", default=32.0, type=float,
+                   help="z is divided by this before dCor (official fp16 trick: 32; 1 = off)")
+    g.add_argument("--representation-sign", "--mvmr-rep-sign", dest="mvmr_rep_sign", default=1.0,
+                   type=float, help="sign of the representation dCor terms: +1 = official code "
+                                    "(minimises them), -1 = paper/README ('maximise dependence')")
+    g.add_argument("--representations", "--mvmr-reps", dest="mvmr_reps",
+                   default="pixels,scatnet,augment,hog,std",
+                   type=lambda s: [n for n in s.split(",") if n],
+                   help="comma list from data/representations.py (default: the official five; "
+                        "scatnet needs kymatio: pip install -r requirements-optional.txt; "
+                        "hog_linear / augment_per_image turn the oddities off)")
+    g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
+                   help="3x3/1 conv1 with max-pool kept (official small_kernel; default: "
+                        "img_size <= 96)")
+    g = parser.add_argument_group("PatchMix")
+    g.add_argument("--mix-num", "--mix_num", dest="mix_num", default=2, type=int,
+                   help="images per mixed image m (official: 2; 1 = no mixing)")
+    g.add_argument("--mix-size", "--mix_size", dest="mix_size", default=None, type=int,
+                   help="side in pixels of a mixed patch (official: the ViT patch size, 16 at "
+                        "224 px, 2 at 32 px). Default: --patch-size for ViTs, ceil(img_size / 16) "
+                        "for ResNets. Must divide every crop size, local crops included")
+    g.add_argument("--mix-p", "--mix_p", dest="mix_p", default=1.0, type=float,
+                   help="probability of mixing at a step (official: 1.0). Drawn once per step for "
+                        "all mixes; the official code draws it per mixed batch")
+    g.add_argument("--src-smoothing", default=0.1, type=float,
+                   help="label smoothing of the original->original and local-crop targets (default "
+                        "0.1: what the official code does, via a default argument of its no_mixer, "
+                        "although its config says smoothing = 0.0; 0 = one-hot targets)")
+    g.add_argument("--mix-smoothing", "--smoothing", dest="mix_smoothing", default=0.0, type=float,
+                   help="label smoothing of the mixed targets (official config 'smoothing': 0.0)")
+    g.add_argument("--mix-accumulate", default=False, type=bool_flag,
+                   help="add target weights of a column listed twice instead of overwriting them "
+                        "(the official scatter_ overwrites; differs only when the per-GPU batch "
+                        "is < 2 x mix-num - 1). Default false = official")
+    g.add_argument("--momentum-encoder", "--use-moco", "--use_moco", dest="momentum_encoder",
+                   default=True, type=bool_flag,
+                   help="keys from an EMA encoder (default true, official ViT-S/B); false = keys "
+                        "are the online projector outputs without gradient (official ViT-T config)")
+    g.add_argument("--local-crops", "--multi-crop-num", "--multi_crop_num", dest="local_crops",
+                   default=0, type=int,
+                   help="local crops per image (official: 8 on ImageNet, 0 on CIFAR)")
+    g.add_argument("--local-crop-size", "--multi-crop-size", "--multi_crop_size",
+                   dest="local_crop_size", default=96, type=int,
+                   help="local crop side in px (official ImageNet: 96)")
+    g.add_argument("--local-crop-min", default=0.05, type=float,
+                   help="local crops' min RandomResizedCrop scale; their max is --crop-min "
+                        "(official ImageNet: 0.05 and 0.35; the official config calls it min_crop)")
+
+
+def backbone_kwargs(args: dict) -> dict:
+    """build_backbone options from a run's args (a dict: also a checkpoint's saved args)."""
+    img_size = args["img_size"]
+    patch = args.get("patch_size") or (16 if img_size >= 128 else 4)
+    kwargs = dict(img_size=img_size, width=args.get("width", 64), patch_size=patch,
+                  stop_grad_conv1=args.get("stop_grad_conv1", False),
+                  drop_path=args.get("drop_path", 0.0))
+    if args.get("method") in METHOD_BACKBONE:
+        kwargs.update(METHOD_BACKBONE[args["method"]](args))
+    return kwargs
+
+
+def mvmr_stem(args: dict) -> dict:
+    """MV-MR's ResNet: 3x3/1 conv1 with the max-pool KEPT for STL/CIFAR (official small_kernel),
+    zero_init_residual=True (methods.md §7.1)."""
+    small = args.get("mvmr_small_kernel")
+    return dict(cifar_stem=args["img_size"] <= 96 if small is None else small, keep_maxpool=True,
+                zero_init_residual=True)
+
+
+# backbone options a method fixes, from the run's args: evaluation rebuilds the same backbone
+METHOD_BACKBONE: dict[str, Callable[[dict], dict]] = {
+    "mvmr": mvmr_stem,
+    "patchmix": lambda a: {"pos_embed": "learnable"},  # PatchMix keeps timm's learnable pos-embed
+}
+
+
+def build_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    """(model, backbone) for args.method, with the backbone built from the run's options."""
+    backbone, feat_dim = build_backbone(args.arch, **backbone_kwargs(vars(args)))
+    return METHODS[args.method].builder(args, backbone, feat_dim), backbone
+
+
+def load_pretrained(path: str, prefer: str = "online") -> tuple[nn.Module, dict]:
+    """The full pretrained model of one of this suite's checkpoints (kNN on projector/sub-network
+    outputs needs more than the backbone), in eval mode, and its args."""
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "args" not in ckpt:
+        raise SystemExit(f"error: {path} is not a checkpoint of this suite's main_pretrain.py "
+                         "(only --features backbone works with moco-v3/DSF checkpoints)")
+    args = argparse.Namespace(**ckpt["args"])
+    model, _ = build_model(args)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt["args"]
