@@ -39,6 +39,11 @@ test() {
     "$PY" -m pytest -q -p no:cacheprovider tests "$@"
 }
 
+results() {  # every run under $OUT beside the papers' numbers (Markdown + JSON), and training curves
+    "$PY" tools/results_table.py "$OUT" --json "$OUT/results_table.json" "$@" | tee "$OUT/results_table.md"
+    "$PY" tools/plots.py "$OUT"/*/ --out "$OUT/plots"
+}
+
 # ---------------------------------------------------------------- MoCo v3 (facebookresearch/moco-v3)
 mocov3_in1k_vits() {  # ViT-S/16, 300 epochs, batch 1024 on 1 node x 8 GPUs; linear 73.2 (README)
     python main_pretrain.py --method mocov3 -a vit_small -b 1024 --optimizer adamw --lr 1.5e-4 \
@@ -69,7 +74,177 @@ simclr_cifar10_r18() {  # R18, 1000 epochs, batch 256, LARS 0.4, T 0.2; solo-lea
         --pretrained "$OUT/simclr_cifar10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/simclr_cifar10"
 }
 
+# ---------------------------------------------------------------- DSF (Jeon789/DSF)
+dsf_in100_vits() {  # ViT-S/16 IN-100, 100 ep, total batch 128, ns=4 (DSF main.sh #3); no table in README
+    python main_pretrain.py --method dsf -a vit_small -b 128 --optimizer adamw --lr 5e-3 \
+        --weight-decay .1 --epochs 100 --warmup-epochs 15 --stop-grad-conv1 --moco-m-cos \
+        --moco-t .2 --ns 4 --kld-t 1 --r-bar-coeff 0.95 --crop-min 0.08 --seed 307 \
+        --dataset in100 --data "$DATA" --results_dir "$OUT/dsf_in100_vits" \
+        --dist-url tcp://localhost:10002 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_lincls.py -a vit_small --lr 30 -b 256 --epochs 30 --dataset in100 --data "$DATA" \
+        --pretrained "$OUT/dsf_in100_vits/checkpoint_0100_000000.pth.tar" \
+        --results_dir "$OUT/dsf_in100_vits" \
+        --dist-url tcp://localhost:10002 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+mocov2_dsf_cifar10() {  # R18 CIFAR-10, 250 ep, batch 256, ns=4, 1 GPU, no AMP (DSF main.sh #2)
+    python main_pretrain.py --method mocov2_dsf -a resnet18 -b 256 --optimizer sgd --lr 0.06 \
+        --momentum 0.9 --weight-decay 5e-4 --epochs 250 --warmup-epochs 0 --moco-m 0.99 \
+        --moco-dim 128 --moco-k 4096 --bn-splits 8 --ns 4 --kld-t 1 --crop-min 0.2 --amp off \
+        --knn-freq 10 --knn-k 200 --knn-t 0.1 --seed 920 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_dsf_cifar10"
+    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_dsf_cifar10" \
+        --pretrained "$OUT/mocov2_dsf_cifar10/checkpoint_0250_000000.pth.tar"
+}
+
+mocov2_cifar10() {  # the DSF table's baseline: batch 1024, lr 0.12 (= 0.03 x 1024/256), 800 ep
+    python main_pretrain.py --method mocov2 -a resnet18 -b 1024 --optimizer sgd --lr 0.03 \
+        --momentum 0.9 --weight-decay 5e-4 --epochs 800 --warmup-epochs 0 --moco-m 0.99 \
+        --moco-t 0.1 --moco-dim 128 --moco-k 4096 --bn-splits 8 --crop-min 0.2 --amp off \
+        --knn-freq 10 --knn-k 200 --knn-t 0.1 --seed 920 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_cifar10"
+    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_cifar10" \
+        --pretrained "$OUT/mocov2_cifar10/checkpoint_0800_000000.pth.tar"
+}
+# CIFAR-100: the same two commands with --dataset cifar100 (DSF main.sh runs both datasets).
+
+# ---------------------------------------------------------------- BeCLR (csfarzin/BeCLR)
+# Official code: Adam lr 5e-3 (no scaling) -> our --lr = 5e-3 x 256 / batch; no warmup; per-epoch cosine.
+beclr_cifar10_r50() {  # main.py code defaults with the README's batch 512 and 500 epochs, T 0.5, K 100
+    python main_pretrain.py --method beclr -a resnet50 --dataset cifar10 --data "$DATA" -b 512 \
+        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
+        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_cifar10"
+    python main_knn.py --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" --dataset cifar10 \
+        --data "$DATA" --similarity bregman --sigma 1.0 --temperature 0.5 --nb-knn 50 200 \
+        --results_dir "$OUT/beclr_cifar10"
+    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset cifar10 --data "$DATA" \
+        --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_cifar10"
+}
+
+beclr_cifar100_r50() {  # the same on CIFAR-100
+    python main_pretrain.py --method beclr -a resnet50 --dataset cifar100 --data "$DATA" -b 512 \
+        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
+        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_cifar100"
+    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset cifar100 --data "$DATA" \
+        --pretrained "$OUT/beclr_cifar100/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_cifar100"
+}
+
+beclr_stl10_r50() {  # STL-10 at 96 px (no blur below 100 px, as the official transformation.py)
+    python main_pretrain.py --method beclr -a resnet50 --dataset stl10 --data "$DATA" -b 512 \
+        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
+        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_stl10"
+    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset stl10 --data "$DATA" \
+        --pretrained "$OUT/beclr_stl10/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_stl10"
+}
+
+beclr_in1k_r50() {  # main_imgnet.py: batch 800, Adam 1e-4, 200 epochs, T 0.1, K 200, H 100
+    python main_pretrain.py --method beclr -a resnet50 --dataset imagenet --data "$DATA" -b 800 \
+        --optimizer adam --lr 3.2e-5 --weight-decay 1e-6 --epochs 200 --warmup-epochs 0 \
+        --temperature 0.1 --k-subs 200 --subnet-hidden 100 --results_dir "$OUT/beclr_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_lincls.py -a resnet50 --lr 0.1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
+        --pretrained "$OUT/beclr_in1k/checkpoint_0200_000000.pth.tar" --results_dir "$OUT/beclr_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+# ---------------------------------------------------------------- MV-MR (vkinakh/mv-mr)
+mvmr_stl10_r50() {  # R50, 1000 epochs, batch 256, Adam 1e-4 wd 1e-6, fp16; linear 89.67 (README)
+    python main_pretrain.py --method mvmr -a resnet50 --dataset stl10 --data "$DATA" -b 256 \
+        --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
+        --amp fp16 --proj-dims 8192-8192-8192 --std-margin 1 --results_dir "$OUT/mvmr_stl10"
+    python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset stl10 --data "$DATA" \
+        --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_stl10"
+}
+
+mvmr_cifar20_r50() {  # batch 512, Adam 2e-4 (= 1e-4 x 512/256); linear 73.2 (README)
+    python main_pretrain.py --method mvmr -a resnet50 --dataset cifar20 --data "$DATA" -b 512 \
+        --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
+        --amp fp16 --results_dir "$OUT/mvmr_cifar20"
+    python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset cifar20 --data "$DATA" \
+        --pretrained "$OUT/mvmr_cifar20/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_cifar20"
+}
+
+mvmr_in1k_r50() {  # official 256 x 8 accumulation, lr 1e-4 unscaled, 100 epochs; linear 74.5 (README)
+    python main_pretrain.py --method mvmr -a resnet50 --dataset imagenet --data "$DATA" -b 2048 \
+        --optimizer adam --lr 1.25e-5 --weight-decay 1e-6 --epochs 100 --warmup-epochs 10 --min-lr 1e-6 \
+        --amp fp16 --results_dir "$OUT/mvmr_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_lincls.py -a resnet50 --lr .1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
+        --pretrained "$OUT/mvmr_in1k/checkpoint_0100_000000.pth.tar" --results_dir "$OUT/mvmr_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+# ---------------------------------------------------------------- NNCLR (solo-learn) and SNCLR (ChongjianGE/SNCLR)
+nnclr_cifar10_r18() {  # solo-learn CIFAR-10 recipe: R18, T 0.2, queue 65536, LARS 0.4, bs 256; solo: 91.88
+    python main_pretrain.py --method nnclr -a resnet18 --dataset cifar10 --data "$DATA" -b 256 \
+        --optimizer lars --lr 0.4 --weight-decay 1e-5 --epochs 1000 --warmup-epochs 10 --moco-t 0.2 \
+        --queue-size 65536 --results_dir "$OUT/nnclr_cifar10"
+    python main_lincls.py --lr 0.1 -b 256 --epochs 100 --dataset cifar10 --data "$DATA" \
+        --pretrained "$OUT/nnclr_cifar10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/nnclr_cifar10"
+}
+
+nnclr_in100_r18() {  # solo-learn IN-100 recipe (R18, 400 ep, T 0.2, queue 65536); solo: 80.16 offline
+    python main_pretrain.py --method nnclr -a resnet18 --dataset in100 --data "$DATA" -b 256 \
+        --optimizer lars --lr 0.4 --weight-decay 1e-5 --epochs 400 --warmup-epochs 10 --moco-t 0.2 \
+        --queue-size 65536 --results_dir "$OUT/nnclr_in100" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_lincls.py -a resnet18 --lr 0.1 -b 256 --epochs 100 --dataset in100 --data "$DATA" \
+        --pretrained "$OUT/nnclr_in100/checkpoint_0400_000000.pth.tar" --results_dir "$OUT/nnclr_in100" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+snclr_in1k_vits() {  # official start.sh: ViT-S, 4 nodes x 8 GPUs (set --rank per node), bank 128000/GPU, top-30
+    # lr 1.5e-5 as committed in start.sh (the repo's other launch script and MoCo v3 use 1.5e-4)
+    python main_pretrain.py --method snclr -a vit_small -b 4096 --optimizer adamw --lr 1.5e-5 \
+        --weight-decay .1 --epochs 300 --warmup-epochs 40 --stop-grad-conv1 --moco-m-cos --moco-m 0.99 \
+        --moco-t .2 --crop-min .08 --bank-size 128000 --topk 30 --dataset imagenet --data "$DATA" \
+        --results_dir "$OUT/snclr_vits" \
+        --dist-url tcp://MASTER:13848 --multiprocessing-distributed --world-size 4 --rank 0
+    python main_lincls.py -a vit_small --lr 3 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
+        --pretrained "$OUT/snclr_vits/checkpoint_0300_000000.pth.tar" --results_dir "$OUT/snclr_vits" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+# ---------------------------------------------------------------- PatchMix (visresearch/patchmix)
+patchmix_in1k_vits() {  # ViT-S/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 crops; README linear 77.4, kNN 73.3
+    python main_pretrain.py --method patchmix -a vit_small --patch-size 16 -b 1024 --optimizer adamw \
+        --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 --exclude-norm-bias true \
+        --epochs 300 --warmup-epochs 10 --drop-path 0.1 --moco-m 0.996 --moco-m-cos \
+        --momentum-per-epoch true --moco-t 0.2 --crop-min 0.35 --local-crops 8 --local-crop-size 96 \
+        --local-crop-min 0.05 --mix-num 2 --mix-size 16 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
+        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vits" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" --encoder momentum \
+        --nb-knn 10 20 100 200 --temperature 0.07 --dataset imagenet --data "$DATA" \
+        --results_dir "$OUT/patchmix_vits"
+    python main_lincls.py -a vit_small --encoder momentum --lr 0.02 -b 1024 --epochs 100 \
+        --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_vits" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+# ViT-B/16: the same with -a vit_base --lr 7.5e-4 (README linear 80.2, kNN 76.2).
+
+patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kNN 75.4 (cifar10: 96.0 / 94.6)
+    python main_pretrain.py --method patchmix -a vit_small --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
+        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
+        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar100 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vits" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" \
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vits"
+    python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
+        --epochs 100 --dataset cifar100 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vits"
+}
+# CIFAR-10: --dataset cifar10. ViT-T/2 CIFAR-100 (README 74.7 / 68.8): -a vit_tiny --lr 2e-3
+#   --weight-decay 0.02 --weight-decay-end 0.2 --momentum-encoder false, and evaluate with --encoder online.
+
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,6p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test)$' | sed 's/^/  /' ;;
+    ""|-h|--help) sed -n '2,6p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test|results)$' | sed 's/^/  /' ;;
     *) cmd=$1; shift; "$cmd" "$@" ;;
 esac

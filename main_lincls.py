@@ -88,7 +88,8 @@ def main_worker(gpu, args):
         args.batch_size_per_gpu = per_rank
         spec = ViewSpec(size, scale=(args.crop_min, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
         aug_loader, make_views, _ = build_view_loader(args, [spec], split="train")
-    head = nn.Linear(val_x.shape[1], info.num_classes).to(args.device)
+    num_classes = info.num_classes or int(val_y.max()) + 1  # `folder`: read off the labels
+    head = nn.Linear(val_x.shape[1], num_classes).to(args.device)
     head.weight.data.normal_(mean=0.0, std=0.01)
     head.bias.data.zero_()
     lr = args.lr * args.batch_size / 256

@@ -22,14 +22,20 @@ from data.datasets import dataset_info
 from models.methods import ALIASES, METHODS, add_method_args, build_model
 from utils import dist
 from utils.args import add_common_args, parse_with_config
-from utils.checkpoint import checkpoint_path, find_resume, prune_checkpoints, save_atomic
+from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, plain_args,
+                              prune_checkpoints, save_atomic)
 from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics
 from utils.misc import bool_flag, git_sha, rng_state, seed_everything, set_rng_state
 from utils.optim import build_optimizer, param_groups, set_lr_wd
+from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
 from utils.schedules import cosine_schedule, momentum_schedule
 from utils.training import NonFiniteError, amp_context, build_scaler, check_finite
+
+
+# a checkpoint saved with other values of these cannot continue this run
+RUN_KEYS = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim", "batch_size"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -141,7 +147,7 @@ def main_worker(gpu, args):
     model = build_model(args)[0].to(device)
     if args.channels_last and not args.arch.startswith("vit"):
         model = model.to(memory_format=torch.channels_last)
-    if args.world_size > 1 and args.gpu is not None:
+    if args.world_size > 1 and args.gpu is not None and getattr(model, "sync_bn", True):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # moco-v3; CUDA only
     model_without_ddp = model
     if args.world_size > 1:
@@ -170,7 +176,7 @@ def main_worker(gpu, args):
     found = find_resume(args.resume, args.results_dir)
     if found:
         path, ckpt = found
-        check_compatible(ckpt, args, path)
+        check_compatible(ckpt, args, path, RUN_KEYS)
         model_without_ddp.load_state_dict(ckpt["model"])
         criterion.load_state_dict(ckpt["criterion"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -183,7 +189,7 @@ def main_worker(gpu, args):
 
     def save(epoch: int, step: int) -> None:
         if dist.is_main_process():
-            state = {"epoch": epoch, "step": step, "method": args.method, "args": plain(vars(args)),
+            state = {"epoch": epoch, "step": step, "method": args.method, "args": plain_args(vars(args)),
                      "model": model_without_ddp.state_dict(), "criterion": criterion.state_dict(),
                      "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
@@ -192,6 +198,7 @@ def main_worker(gpu, args):
             prune_checkpoints(args.results_dir, args.keep_checkpoints)
 
     # ============ train ============
+    start["preemption"] = Preemption(device)
     logger = RunLogger(args.results_dir, dist.is_main_process())
     knn_history, t0, images_seen = [], time.time(), 0
     for epoch in range(start["epoch"], args.epochs):
@@ -258,6 +265,11 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
             optimizer.step()
         images += y.shape[0]
         meter.update({"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics})
+        if start["preemption"].requested():  # every rank stops after the same step
+            save(epoch, i + 1)
+            print(f"preempted at epoch {epoch} step {i + 1}: checkpoint saved; exiting with status "
+                  f"{PREEMPTED_EXIT_CODE} so that the scheduler requeues the job", force=True)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
         if args.save_freq_steps and (i + 1) % args.save_freq_steps == 0 and i + 1 < iters:
             save(epoch, i + 1)
         if i % args.print_freq == 0:
@@ -277,22 +289,6 @@ def knn_monitor(model, args) -> float:
         val = extract_features(encode, val_loader, len(val_loader.dataset), args.device, prepare)
     return knn_classify(*train, *val, ks=[args.knn_k], temperature=args.knn_t,
                         num_classes=info.num_classes)[min(args.knn_k, len(train[0]))]
-
-
-def check_compatible(ckpt: dict, args, path: str) -> None:
-    """A checkpoint of another method, architecture or view count is a one-line error."""
-    saved = ckpt.get("args", {})
-    keys = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim"]
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(args, k)!r}" for k in keys
-            if k in saved and saved.get(k) != getattr(args, k)]
-    if diff:
-        raise SystemExit(f"error: {path} does not match this run ({'; '.join(diff)})")
-
-
-def plain(d: dict) -> dict:
-    """args as plain data (weights_only-loadable): devices and other objects become strings."""
-    ok = (int, float, str, bool, type(None), list, tuple)
-    return {k: v if isinstance(v, ok) else str(v) for k, v in d.items()}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DEFAULT_ROOT = "data/fashion-mnist"
+# where `bash main.sh quickstart|test` puts the files (the repository's datasets/ folder)
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",
+                            "fashion-mnist")
 FALLBACK_ROOTS = ("/usr/share/datasets/fashion-mnist",)  # Debian package dataset-fashion-mnist
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
@@ -58,7 +60,7 @@ def _file(folder: str, name: str) -> str | None:
 
 
 def locate(root: str | None = None) -> str | None:
-    """The first of `root` (default data/fashion-mnist) and FALLBACK_ROOTS holding all 4 files."""
+    """The first of `root` (default datasets/fashion-mnist) and FALLBACK_ROOTS holding all 4 files."""
     names = [name for pair in FILES.values() for name in pair]
     for folder in (root or DEFAULT_ROOT, *FALLBACK_ROOTS):
         if all(_file(folder, name) for name in names):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.datasets import WithIndex, build_dataset, dataset_info
 from data.transforms import BatchEval, BatchMultiView, MultiViewTransform, ViewSpec, eval_transform
@@ -50,6 +50,26 @@ class InMemoryLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             batch = (self.dataset.images[idx], self.dataset.targets[idx])
             yield (*batch, idx) if self.with_index else batch
+
+
+class SeededSamples(Dataset):
+    """Seeds each sample's augmentation from (seed, epoch, index), decoded from the sampler's
+    ``epoch * N + index``: a resumed run redraws exactly the same views in any worker layout.
+
+    The global RNG is forked, so the main process's RNG is untouched when workers = 0.
+    """
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset, self.seed, self.n = dataset, seed, len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, code: int) -> Any:
+        epoch, index = divmod(code, self.n)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + index)
+            return self.dataset[index]
 
 
 def _in_memory(dataset: Any) -> bool:

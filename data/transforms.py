@@ -615,9 +615,13 @@ class BatchMultiView(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"BatchMultiView expects [B, 3, H, W] images, got {tuple(x.shape)}")
-        x = _to_float(x)
+        # float32 even if called under autocast: fp16 resampling weights would shift the pixels
+        with torch.autocast(x.device.type, enabled=False):
+            return self._views(_to_float(x), generator)
+
+    def _views(self, x: Tensor, generator: torch.Generator | None) -> list[Tensor]:
         B, _, H, W = x.shape
-        views: list[Tensor] = [x] * len(self.specs)
+        views: list[Tensor] = [x] * len(self.specs)  # placeholders: every slot is overwritten
         for spec, idx in self.groups:
             if not spec.crop:
                 y = resize_for_eval(x, spec.size, interpolation=spec.interpolation)

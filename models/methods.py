@@ -20,6 +20,8 @@ from data.transforms import ViewSpec, byol_asymmetric, multicrop, original_view,
 from losses.base import ContrastiveLoss
 from losses.bregman import BeCLR
 from losses.dependence import MVMR as MVMRLoss
+from losses.dsf import DSF, DSFQueue
+from losses.mocov2 import MoCoV2
 from losses.infonce import InfoNCE, NTXent
 from losses.nnclr import NNCLR
 from losses.patchmix import PatchMix
@@ -30,6 +32,7 @@ from models import build_backbone
 from models.beclr import BeCLRNet
 from models.heads import build_mlp
 from models.moco import MoCoV3
+from models.mocov2 import MoCoV2CIFAR
 from models.mvmr import MVMR
 from models.nnclr import nnclr_heads
 from models.patchmix import PatchMixMoCo
@@ -154,13 +157,34 @@ def patchmix_views(args: argparse.Namespace) -> list[ViewSpec]:
                      local_scale=(args.local_crop_min, args.crop_min))
 
 
+def dsf_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MoCoV3:
+    """MoCo v3 heads; each branch's ns crops are one forward (DSF's x.view(-1, C, H, W))."""
+    return mocov3_builder(args, backbone, feat_dim, group_size=args.ns)
+
+
+def mocov2_cifar_builder(args: argparse.Namespace, backbone: nn.Module,
+                         feat_dim: int) -> MoCoV2CIFAR:
+    """MoCo CIFAR demo: SplitBN backbone, Linear-ReLU-Linear head, ShuffleBN momentum encoder."""
+    return MoCoV2CIFAR(backbone, feat_dim, dim=args.moco_dim, bn_splits=args.bn_splits,
+                       symmetric=args.symmetric)
+
+
+def mocov2_cifar_views(args: argparse.Namespace) -> list[ViewSpec]:
+    """One recipe for both branches (DSF train_moco_cifar*.py), minus RandAugment p=0.5."""
+    if args.method == "mocov2" and args.ns != 1:
+        raise SystemExit("error: --method mocov2 takes one crop per branch (--ns 1)")
+    spec = ViewSpec(args.img_size, scale=(args.crop_min, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
+                    jitter_p=0.8, gray_p=0.2, blur_p=0.5)
+    return [spec] * (2 * args.ns)
+
+
 def mocov3_views(args: argparse.Namespace) -> list[ViewSpec]:
     return byol_asymmetric(args.img_size, crop_min=args.crop_min, ns=args.ns,
                            blur=not small_images(args))
 
 
 def simclr_views(args: argparse.Namespace) -> list[ViewSpec]:
-    return simclr_symmetric(args.img_size, n_views=2 * args.ns,
+    return simclr_symmetric(args.img_size, n_views=2 * args.ns, scale=(args.crop_min, 1.0),
                             blur_p=0.0 if small_images(args) else 0.5)
 
 
@@ -191,13 +215,56 @@ METHODS: dict[str, Method] = {
                        lambda a: PatchMix(temperature=a.moco_t, smoothing=a.src_smoothing,
                                           m=a.mix_num, mix_smoothing=a.mix_smoothing,
                                           accumulate=a.mix_accumulate), patchmix_views),
+    "dsf": Method(
+        "DSF (Jeon et al. 2025): CE over -KL between the vMF fits of each image's ns crops",
+        dsf_builder,
+        lambda a: DSF(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
+                      kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official"),
+        mocov3_views),
+    "mocov2": Method(
+        "MoCo v2, CIFAR demo (Chen et al. 2020): InfoNCE against a queue of past keys",
+        mocov2_cifar_builder,
+        lambda a: MoCoV2(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
+                         symmetric=a.symmetric),
+        mocov2_cifar_views),
+    "mocov2_dsf": Method(
+        "DSF on MoCo v2 CIFAR: CE over [-KL(X||Y) | -KL(X||queue of mean directions)]",
+        mocov2_cifar_builder,
+        lambda a: DSFQueue(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
+                           kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
+                           bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric),
+        mocov2_cifar_views),
 }
 
-ALIASES = {"mocov3_dsf": "dsf"}  # DSF's README spells the method --model=mocov3_dsf
+ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
 
 
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     """Every method's own flags, one argument group per method."""
+    g = parser.add_argument_group("DSF (dsf, mocov2_dsf)")
+    g.add_argument("--kld-t", "--kld_t", dest="kld_t", default=1.0, type=float,
+                   help="temperature dividing the -KL logits (default: 1.0, DSF's). DSF ignores "
+                        "--moco-t, although its README passes --moco-t 0.2")
+    g.add_argument("--r-bar-coeff", "--R_bar_coeff", dest="r_bar_coeff", default=0.95, type=float,
+                   help="scale on the crops' mean resultant length R (default: 0.95); caps R "
+                        "below 1 so kappa stays finite (1.0 lets kappa reach ~1e8 x D)")
+    g.add_argument("--kappa-normalization", "--kappa_normalization", dest="kappa_normalization",
+                   default=True, type=bool_flag,
+                   help="divide every kappa by the embedding dim D (default: True, DSF's)")
+    g.add_argument("--bessel-sign", default=None, choices=["official", "correct"],
+                   help="sign of log(S_Y/S_X) in the Debye expansion. Default: each variant's "
+                        "official code: dsf 'official' (the MoCo v3 code's '-', methods.md "
+                        "5.6-1), mocov2_dsf 'correct' ('+', which that code already uses)")
+    g = parser.add_argument_group("MoCo v2 CIFAR (mocov2, mocov2_dsf)")
+    g.add_argument("--moco-k", default=4096, type=int,
+                   help="queue size K (default: 4096); keep it a multiple of the global batch "
+                        "(x2 with --symmetric) so no key is dropped at the wrap-around")
+    g.add_argument("--bn-splits", default=8, type=int,
+                   help="SplitBatchNorm groups per process (default: 8, the demo's simulated "
+                        "8 GPUs; 1 = plain BN). The per-process batch x ns must divide by it")
+    g.add_argument("--symmetric", default=False, type=bool_flag,
+                   help="also score branch 2 -> branch 1 (default: False, the official "
+                        "x1 -> x2 only; True costs 2x the compute)")
     g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
     g.add_argument("--proj-hidden-dim", default=2048, type=int,
                    help="hidden width of the SimCLR projector (solo-learn: 2048)")

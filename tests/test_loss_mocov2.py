@@ -13,8 +13,13 @@ from torch import nn
 from losses.base import ViewOutputs
 from losses.mocov2 import MoCoV2, mocov2_logits, mocov2_loss
 from models import build_backbone
-from models.mocov2 import (MoCoV2CIFAR, SplitBatchNorm, convert_split_bn, shuffle_batch,
-                           unshuffle_batch)
+from models.mocov2 import (
+    MoCoV2CIFAR,
+    SplitBatchNorm,
+    convert_split_bn,
+    shuffle_batch,
+    unshuffle_batch,
+)
 
 
 def rand(*shape: int) -> torch.Tensor:
@@ -22,7 +27,7 @@ def rand(*shape: int) -> torch.Tensor:
 
 
 def naive_mocov2_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
-    """-log softmax of the positive among [q.k, q.Z_1, ..., q.Z_K] / t, averaged, one row at a time."""
+    """Mean of -log softmax(positive) over [q.k, q.Z_1, ..., q.Z_K] / t, one row at a time."""
     total = 0.0
     for qi, ki in zip(q, k, strict=True):
         qi, ki = qi / qi.norm(), ki / ki.norm()

@@ -136,3 +136,20 @@ def load_backbone_into(model: nn.Module, state: dict, allowed_missing: set[str])
     if missing or msg.unexpected_keys:
         raise RuntimeError(f"checkpoint does not match the backbone: missing {sorted(missing)[:8]}, "
                            f"unexpected {sorted(msg.unexpected_keys)[:8]}")
+
+
+def plain_args(d: dict) -> dict:
+    """args as plain data (weights_only-loadable): devices and other objects become strings."""
+    ok = (int, float, str, bool, type(None), list, tuple)
+    return {k: v if isinstance(v, ok) else str(v) for k, v in d.items()}
+
+
+def check_compatible(ckpt: dict, args: object, path: str, keys: list[str]) -> None:
+    """A checkpoint of another method, architecture or view count is a one-line error listing
+    every mismatched argument."""
+    saved = ckpt.get("args", {})
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(args, k)!r}" for k in keys
+            if k in saved and saved.get(k) != getattr(args, k)]
+    if diff:
+        raise SystemExit(f"error: {path} does not match this run ({'; '.join(diff)}); "
+                         "resume with the same flags or start a new --results_dir")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import datetime
 import os
+import signal
 from typing import Any, Callable
 
 import torch
@@ -99,9 +100,33 @@ def launch(main_worker: Callable[..., Any], args: Any) -> None:
     elif args.multiprocessing_distributed:  # one process per local GPU (or --nproc-cpu on CPU)
         nprocs = torch.cuda.device_count() or args.nproc_cpu
         args.world_size_nodes = args.world_size  # moco-v3: --world-size counts nodes before spawn
-        mp.spawn(main_worker, nprocs=nprocs, args=(args,))
+        spawn_and_wait(main_worker, nprocs, args)
     else:
         main_worker(0 if torch.cuda.is_available() else None, args)
+
+
+def spawn_and_wait(main_worker: Callable[..., Any], nprocs: int, args: Any) -> None:
+    """mp.spawn that forwards SIGTERM/SIGUSR1 to the workers (preemption) and exits with the first
+    failing worker's status (so a requeue status survives), instead of a traceback."""
+    context = mp.spawn(main_worker, nprocs=nprocs, args=(args,), join=False)
+
+    def forward(signum: int, frame: object) -> None:
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as e:
+        for p in context.processes:  # a dead rank must not leave the others hanging
+            if p.is_alive():
+                p.terminate()
+        raise SystemExit(e.exit_code if e.exit_code and e.exit_code > 0 else 1) from None
+    except mp.ProcessRaisedException as e:
+        raise SystemExit(f"a worker failed: {str(e).strip().splitlines()[-1]}") from None
 
 
 def init(local_rank: int | None, args: Any) -> None:

@@ -22,9 +22,10 @@ def write_results(results_dir: str, kind: str, args: Any, metrics: dict, wall_ti
         with open(path) as f:
             record = json.load(f)
     a = vars(args)
+    for key in ("method", "dataset", "arch", "seed"):  # an evaluation never erases the run's own
+        if a.get(key) is not None or key not in record:
+            record[key] = a.get(key)
     record.update({
-        "method": a.get("method", record.get("method")),
-        "dataset": a.get("dataset"), "arch": a.get("arch"), "seed": a.get("seed"),
         "git_commit": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(a.get("device", "cpu")),
     })

@@ -16,13 +16,16 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True):
+                 world_size: int = 1, drop_last: bool = True, encode_epoch: bool = False):
         if num_samples < world_size:
             raise ValueError(f"dataset of {num_samples} samples is smaller than the world size "
                              f"{world_size}")
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch, self.start = 0, 0
+        # yield epoch * num_samples + index, so a dataset can seed each sample's augmentation from
+        # (seed, epoch, index) alone: exact resume whatever the worker count or start offset
+        self.encode_epoch = encode_epoch
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's permutation; `start` = samples of this rank already consumed."""
@@ -42,7 +45,10 @@ class ResumableSampler(Sampler[int]):
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start :].tolist())
+        indices = self._indices()[self.start :]
+        if self.encode_epoch:
+            indices = indices + self.epoch * self.num_samples
+        return iter(indices.tolist())
 
     def __len__(self) -> int:
         return len(self._indices()) - self.start

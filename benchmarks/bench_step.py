@@ -1,0 +1,291 @@
+"""Training-step throughput of every METHODS entry, and our SimCLR beside lightly's.
+
+    python -m benchmarks.bench_step [--quick] [--batch 16] [--archs resnet18 vit_tiny]
+
+A step is train_one_epoch's sequence on views already in memory on the device: set lr/wd,
+update_momentum, model(views), criterion(out), zero_grad, backward, grad-norm, finite check,
+optimizer step. Reported per method x backbone x batch x views: ms/step, images/s, the share of
+the step spent in the loss (its forward + backward timed alone on detached copies of the outputs),
+and the achieved FLOP/s (torch.utils.flop_counter over one step) against a large matmul timed on
+this machine, the practical compute bound. The peer is lightly's NTXentLoss on the same backbone,
+projector and optimizer, stepped the way lightly's examples do (no grad-norm, no finite check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import markdown_table, matmul_flops, ratio, report, time_call, write_json
+from losses.base import ViewOutputs
+from main_pretrain import get_args_parser
+from models.methods import METHODS, build_model
+from utils.optim import build_optimizer, param_groups, set_lr_wd
+from utils.training import amp_context, check_finite
+
+MULTI_VIEW = ("mocov3", "dsf", "simclr")  # V = 2 * ns: also measured at ns = 4 (V = 8)
+IMG_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    arch: str
+    batch: int
+    ns: int = 1
+    amp: str = "off"  # off | bf16
+    channels_last: bool = True  # the training script's default
+
+
+def make_args(case: Case) -> argparse.Namespace:
+    """main_pretrain's arguments for one case, with what main_worker derives filled in."""
+    argv = ["--method", case.method, "-a", case.arch, "--img-size", str(IMG_SIZE),
+            "--patch-size", "4", "--ns", str(case.ns), "-b", str(case.batch), "--amp", case.amp,
+            "--channels-last", str(case.channels_last)]
+    args = get_args_parser().parse_args(argv)
+    args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.world_size, args.rank, args.gpu = 1, 0, None
+    args.batch_size_per_gpu = case.batch
+    args.lr_effective = args.lr * case.batch / 256
+    return args
+
+
+def uses_channels_last(args: argparse.Namespace) -> bool:
+    return args.channels_last and not args.arch.startswith("vit")
+
+
+def make_views(args: argparse.Namespace) -> list[Tensor]:
+    """Normalised views already on the device: the step benchmark excludes augmentation."""
+    specs = METHODS[args.method].views(args)
+    return [torch.randn(args.batch_size, 3, s.size, s.size, device=args.device) for s in specs]
+
+
+def build_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """(step, loss_only, V) for our method: the train_one_epoch step and the loss alone."""
+    model = build_model(args)[0].to(args.device)
+    if uses_channels_last(args):
+        model = model.to(memory_format=torch.channels_last)
+    criterion = METHODS[args.method].loss(args).to(args.device)
+    optimizer = build_optimizer(args.optimizer, param_groups(model, args.exclude_norm_bias),
+                                args.lr_effective, args.weight_decay, args.momentum)
+    model.train()
+    criterion.train()
+    views = make_views(args)
+    labels = torch.randint(10, (args.batch_size,), device=args.device)
+
+    def step() -> None:
+        set_lr_wd(optimizer, args.lr_effective, args.weight_decay)
+        if hasattr(model, "update_momentum"):
+            model.update_momentum(args.moco_m)
+        x = views
+        if uses_channels_last(args):
+            x = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with amp_context(args):
+            out = model(x)
+            out.extras["labels"] = labels
+            loss, metrics = criterion(out)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf, foreach=True)
+        check_finite(loss, grad_norm, metrics, 0, 0, "stop")
+        optimizer.step()
+
+    return step, loss_only_fn(model, criterion, views, labels, args), len(views)
+
+
+def _leaf(t: Tensor | None) -> Tensor | None:
+    """A detached copy that still asks for gradient where the original had one."""
+    if t is None or not t.requires_grad:
+        return t
+    return t.detach().requires_grad_()
+
+
+def loss_only_fn(model: nn.Module, criterion: nn.Module, views: list[Tensor], labels: Tensor,
+                 args: argparse.Namespace) -> Callable[[], None]:
+    """criterion forward + backward on leaf copies of one step's outputs: the loss's own cost."""
+    with amp_context(args):
+        out = model(views)
+    leaves = ViewOutputs(p=_leaf(out.p), k=out.k, z=_leaf(out.z), h=_leaf(out.h),
+                         extras={k: _leaf(v) for k, v in out.extras.items()})
+    leaves.extras["labels"] = labels
+    del out  # free the backbone graph before timing
+
+    def loss_only() -> None:
+        with amp_context(args):
+            loss, _ = criterion(leaves)
+        loss.backward()
+
+    return loss_only
+
+
+def build_peer_step(args: argparse.Namespace) -> Callable[[], None]:
+    """lightly's NTXentLoss on our backbone + SimCLR projector, same optimizer and settings."""
+    from lightly.loss import NTXentLoss
+
+    model, _ = build_model(args)  # args.method is simclr: our SimCLR backbone + projector
+    net = nn.Sequential(model.backbone, model.projector).to(args.device)
+    if uses_channels_last(args):
+        net = net.to(memory_format=torch.channels_last)
+    criterion = NTXentLoss(temperature=args.moco_t)
+    optimizer = build_optimizer(args.optimizer, param_groups(net, args.exclude_norm_bias),
+                                args.lr_effective, args.weight_decay, args.momentum)
+    net.train()
+    x0, x1 = make_views(args)[:2]
+    if uses_channels_last(args):
+        x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
+
+    def step() -> None:  # lightly's examples/pytorch/simclr.py loop body
+        with amp_context(args):
+            loss = criterion(net(x0), net(x1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def count_flops(step: Callable[[], None]) -> float:
+    """FLOPs of one step (matmuls and convolutions, forward + backward); doubles as warm-up."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def measure(case: Case, repeats: int, bounds: dict[str, float], peer: bool = False) -> dict:
+    """One table row: time the step (and the loss alone), count FLOPs, compare to the bound."""
+    torch.manual_seed(0)
+    args = make_args(case)
+    t0 = time.perf_counter()
+    if peer:
+        step, loss_only, views = build_peer_step(args), None, 2
+    else:
+        step, loss_only, views = build_step(args)
+    flops = count_flops(step)
+    t = time_call(step, repeats=repeats, warmup=0)
+    ms = t["median_ms"]
+    row = {"method": "lightly NTXent" if peer else case.method, "arch": case.arch,
+           "B": case.batch, "V": views, "amp": case.amp, "channels_last": case.channels_last,
+           "ms/step": ms, "img/s": case.batch / ms * 1e3, "views/s": views * case.batch / ms * 1e3,
+           "GFLOP/step": flops / 1e9, "GFLOP/s": flops / ms / 1e6}
+    bound = bounds["bf16" if case.amp == "bf16" else "fp32"]
+    row["% of matmul"] = 100 * row["GFLOP/s"] * 1e9 / bound
+    if loss_only is not None:
+        row["loss ms"] = time_call(loss_only, repeats=max(3, repeats), warmup=1)["median_ms"]
+        row["loss %"] = 100 * row["loss ms"] / ms
+    row["steps timed"], row["seconds"] = t["n"], time.perf_counter() - t0
+    print(f"  {row['method']:>14} {case.arch:9} B={case.batch:<4} V={views} {case.amp:4} "
+          f"cl={int(case.channels_last)}  {ms:8.1f} ms/step  {row['img/s']:7.1f} img/s", flush=True)
+    return row
+
+
+def plan(quick: bool, batch: int | None, archs: list[str], methods: list[str]
+         ) -> tuple[list[Case], list[Case]]:
+    """(method matrix, simclr-vs-peer precision/format grid)."""
+    b = batch or (8 if quick else 16)
+    matrix = [Case(m, a, b) for a in archs for m in methods]
+    v8_archs = archs[:1] if quick else archs
+    matrix += [Case(m, a, b, ns=4) for a in v8_archs for m in MULTI_VIEW if m in methods]
+    pb = 2 * b  # the peer comparison gets a larger batch: the loss matters more there
+    grid = []
+    for a in archs:
+        formats = [True] if a.startswith("vit") else ([True] if quick else [True, False])
+        grid += [Case("simclr", a, pb, amp=amp, channels_last=cl)
+                 for amp in ("off", "bf16") for cl in formats]
+    return matrix, grid
+
+
+MATRIX_COLS = ["method", "arch", "B", "V", "ms/step", "img/s", "views/s", "loss ms", "loss %",
+               "GFLOP/step", "GFLOP/s", "% of matmul"]
+PEER_COLS = ["arch", "B", "amp", "channels_last", "ours ms/step", "peer ms/step", "ours img/s",
+             "peer img/s", "ours/peer", "ours loss %", "ours % of matmul", "peer % of matmul"]
+
+
+def peer_rows(grid: list[Case], ours: list[dict], peers: list[dict]) -> list[dict]:
+    rows = []
+    for case, o, p in zip(grid, ours, peers, strict=True):
+        rows.append({"arch": case.arch, "B": case.batch, "amp": case.amp,
+                     "channels_last": case.channels_last if not case.arch.startswith("vit")
+                     else "n/a", "ours ms/step": o["ms/step"], "peer ms/step": p["ms/step"],
+                     "ours img/s": o["img/s"], "peer img/s": p["img/s"],
+                     "ours/peer": ratio(o["img/s"], p["img/s"]), "ours loss %": o.get("loss %"),
+                     "ours % of matmul": o["% of matmul"], "peer % of matmul": p["% of matmul"]})
+    return rows
+
+
+def default_vs_default(grid: list[Case], ours: list[dict], peers: list[dict]) -> list[dict]:
+    """Ours at the training script's CPU defaults (fp32, channels_last) vs lightly's (fp32,
+    contiguous): what each user gets without tuning."""
+    rows = []
+    for arch in dict.fromkeys(c.arch for c in grid):
+        o = next((r for c, r in zip(grid, ours) if c.arch == arch and c.amp == "off"
+                  and c.channels_last), None)
+        p = next((r for c, r in zip(grid, peers) if c.arch == arch and c.amp == "off"
+                  and (not c.channels_last or arch.startswith("vit"))), None)
+        if o and p:
+            rows.append({"arch": arch, "B": o["B"], "ours img/s": o["img/s"],
+                         "peer img/s": p["img/s"], "ours/peer": ratio(o["img/s"], p["img/s"])})
+    return rows
+
+
+def run(quick: bool = False, batch: int | None = None, archs: list[str] | None = None,
+        methods: list[str] | None = None) -> str:
+    """Run the benchmark, write results/step.json, return the Markdown section."""
+    archs = archs or ["resnet18", "vit_tiny"]
+    methods = methods or sorted(METHODS)
+    repeats = 1 if quick else 2
+    bounds = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    print(f"matmul bound: fp32 {bounds['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {bounds['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    matrix, grid = plan(quick, batch, archs, methods)
+    print("method matrix (fp32, channels_last on)", flush=True)
+    rows = [measure(c, repeats, bounds) for c in matrix]
+    print("simclr vs lightly", flush=True)
+    ours = [measure(c, repeats, bounds) for c in grid]
+    peers = [measure(c, repeats, bounds, peer=True) for c in grid]
+    versus, defaults = peer_rows(grid, ours, peers), default_vs_default(grid, ours, peers)
+    v8 = [r for r in rows if r["V"] == 8]
+    write_json("step", {"img_size": IMG_SIZE, "quick": quick, "matmul_flops": bounds,
+                        "matrix": rows, "simclr": ours, "peer": peers, "versus": versus,
+                        "defaults": defaults})
+    notes = [
+        f"{IMG_SIZE} px inputs; resnet18 = width 64, CIFAR stem; vit_tiny = patch 4 (65 tokens); "
+        "main_pretrain defaults otherwise (LARS, --moco-mlp-dim 4096, method defaults)",
+        f"matmul bound (2048^3, timed here): fp32 {bounds['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {bounds['bf16'] / 1e9:.0f} GFLOP/s",
+        "img/s counts source images (B per step); views/s = V x img/s",
+        "loss ms = criterion forward + backward alone, on detached copies of the model outputs",
+        f"median of {repeats} timed step(s) after a FLOP-counting warm-up step",
+    ]
+    if v8:
+        notes.append("max loss share at V = 8: "
+                     f"{max(r['loss %'] for r in v8):.2f} % (target < 5 %)")
+    tables = [("Method matrix (fp32, channels_last on for ResNets)",
+               markdown_table(rows, MATRIX_COLS)),
+              ("SimCLR: ours vs lightly NTXentLoss (same backbone, projector, LARS)",
+               markdown_table(versus, PEER_COLS)),
+              ("Defaults: ours (fp32, channels_last) vs lightly (fp32, contiguous)",
+               markdown_table(defaults, ["arch", "B", "ours img/s", "peer img/s", "ours/peer"]))]
+    return report("Training step", tables, notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batch, fewer cases")
+    parser.add_argument("--batch", type=int, default=None, help="batch of the method matrix "
+                        "(default 16, quick 8; the peer grid uses twice this)")
+    parser.add_argument("--archs", nargs="+", default=None, help="default: resnet18 vit_tiny")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every METHODS key")
+    a = parser.parse_args()
+    print(run(a.quick, a.batch, a.archs, a.methods))
+
+
+if __name__ == "__main__":
+    main()
