@@ -14,20 +14,22 @@ fields so that they compress and decode like photographs, not like noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import datasets as tvd
-from torchvision.io import decode_jpeg, read_file
+from torchvision.transforms import v2
 
+import data.transforms as transforms
 from benchmarks.common import markdown_table, ratio, report, write_json
 from data.transforms import (
     IMAGENET_MEAN,
@@ -105,9 +107,77 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.jpg", quality=90)
 
 
-def decode_tv(path: str) -> Tensor:
-    """torchvision.io JPEG decode straight to a uint8 tensor [3, H, W] (no PIL round trip)."""
-    return decode_jpeg(read_file(path))
+# ============ candidate changes to data/transforms.py, measured here ============
+
+
+def color_jitter_hue_subset(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor,
+                            with_hue: bool = True) -> Tensor:
+    """transforms.color_jitter with the hue op run only on the samples whose hue falls in the
+    current op slot (once per sample instead of 4 times on the whole batch); same output."""
+
+    def per_sample(t: Tensor) -> Tensor:
+        return t.view(-1, 1, 1, 1)
+
+    for k in range(4):
+        op = torch.where(apply, order[:, k], -1)  # [n]; -1 = not jittered
+        f = factors.gather(1, order[:, k : k + 1]).squeeze(1)
+        gray = transforms._grayscale(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        target = torch.where(per_sample(op == 2), gray,
+                             torch.where(per_sample(op == 1), mean, torch.zeros_like(gray)))
+        ratio_ = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
+        x = (ratio_ * x + (1 - ratio_) * target).clamp_(0.0, 1.0)
+        if with_hue:
+            idx = (op == 3).nonzero().squeeze(1)  # note: a host sync on GPU, 4 per view group
+            x = x.index_copy(0, idx, transforms._shift_hue(x[idx], f[idx]))
+    return x
+
+
+@contextlib.contextmanager
+def hue_on_subset() -> Iterator[None]:
+    """Swap the candidate into data.transforms (apply_params looks color_jitter up there)."""
+    original = transforms.color_jitter
+    transforms.color_jitter = color_jitter_hue_subset
+    try:
+        yield
+    finally:
+        transforms.color_jitter = original
+
+
+class PILBlur:
+    """PIL's GaussianBlur(radius=sigma), sigma ~ U(sigma range), with probability p: the blur of
+    the MoCo v3 / DSF / SNCLR / PatchMix code (PIL's extended-box approximation, no truncation)."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]):
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()) >= self.p:
+            return img
+        radius = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * float(torch.rand(()))
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+
+class PILMultiView:
+    """MultiViewTransform with every op on the PIL image (torchvision v2 dispatches to PIL
+    kernels), PIL's own Gaussian blur, and the tensor conversion last, as lightly does."""
+
+    def __init__(self, specs: list[ViewSpec]):
+        ref = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
+        self.transforms = []
+        for spec, t in zip(specs, ref.transforms, strict=True):
+            ops = [PILBlur(op.p, spec.blur_sigma) if _is_blur(op) else op
+                   for op in t.transforms[:-2]]
+            # every reference view ends with ToDtype + Normalize: convert to a tensor just before
+            self.transforms.append(v2.Compose([*ops, v2.PILToTensor(), *t.transforms[-2:]]))
+
+    def __call__(self, img: Image.Image) -> list[Tensor]:
+        img = img.convert("RGB")
+        return [t(img) for t in self.transforms]
+
+
+def _is_blur(op: object) -> bool:
+    return isinstance(op, v2.RandomApply) and isinstance(op.transforms[0], v2.GaussianBlur)
 
 
 # ============ timing ============
@@ -146,21 +216,26 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
     images = torch.randint(0, 256, (2048, 3, 32, 32), dtype=torch.uint8, generator=g)
     rows = []
     for name, specs in recipes(32, (1, 4) if quick else (1, 2, 4, 8)).items():
-        ours = batched_rate(images, BatchMultiView(specs, IMAGENET_MEAN, IMAGENET_STD), 256,
-                            seconds)
-        row = {"recipe": name, "V": len(specs), "ours batched": ours}
+        augment = BatchMultiView(specs, IMAGENET_MEAN, IMAGENET_STD)
+        row = {"recipe": name, "V": len(specs), "ours batched": batched_rate(images, augment,
+                                                                             256, seconds)}
+        with hue_on_subset():
+            row["ours batched, hue subset*"] = batched_rate(images, augment, 256, seconds)
         for w in (0, workers):
-            ref = TensorImages(images, MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD),
-                               as_pil=False)
-            row[f"ours per-sample w={w}"] = loader_rate(ref, w, 64, seconds)
+            ref = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
+            row[f"ours per-sample w={w}"] = loader_rate(TensorImages(images, ref, False), w, 64,
+                                                        seconds)
             peer = TensorImages(images, lightly_transform(name, 32), as_pil=True)
             row[f"lightly w={w}"] = loader_rate(peer, w, 64, seconds)
+        row[f"ours per-sample PIL* w={workers}"] = loader_rate(
+            TensorImages(images, PILMultiView(specs), as_pil=True), workers, 64, seconds)
         best_peer = max(row["lightly w=0"], row[f"lightly w={workers}"])
-        row["ours/lightly best"] = ratio(ours, best_peer)
-        row["per-sample/lightly"] = ratio(row[f"ours per-sample w={workers}"],
-                                          row[f"lightly w={workers}"])
-        print(f"  32px {name:24} ours {ours:8.0f}  lightly best {best_peer:8.0f} img/s",
-              flush=True)
+        row["batched/lightly best"] = ratio(row["ours batched"], best_peer)
+        row["hue subset*/lightly best"] = ratio(row["ours batched, hue subset*"], best_peer)
+        row[f"per-sample/lightly w={workers}"] = ratio(row[f"ours per-sample w={workers}"],
+                                                       row[f"lightly w={workers}"])
+        print(f"  32px {name:24} ours batched {row['ours batched']:7.0f}  lightly best "
+              f"{best_peer:7.0f} img/s", flush=True)
         rows.append(row)
     return rows
 
@@ -171,24 +246,24 @@ def run_224px(quick: bool, workers: int, seconds: float, n_files: int) -> list[d
         write_jpegs(Path(tmp), n_files)
         decode_only = tvd.ImageFolder(tmp, transform=lambda img: torch.zeros(1))
         base = {"decode only (PIL)": loader_rate(decode_only, workers, 32, seconds)}
-        names = ("byol_asymmetric ns=1", "simclr_symmetric") if quick else (
+        names = ("byol_asymmetric ns=1",) if quick else (
             "byol_asymmetric ns=1", "byol_asymmetric ns=4", "simclr_symmetric")
         all_recipes = recipes(224, (1, 4))
         for name in names:
             specs = all_recipes[name]
-            ours = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
             row = {"recipe": name, "V": len(specs), **base}
+            ours = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)  # decodes with PIL
             for w in ((workers,) if quick else (0, workers)):
                 row[f"ours w={w}"] = loader_rate(tvd.ImageFolder(tmp, transform=ours), w, 32,
                                                  seconds)
                 row[f"lightly w={w}"] = loader_rate(
                     tvd.ImageFolder(tmp, transform=lightly_transform(name, 224)), w, 32, seconds)
-            # a possible speedup: torchvision.io decode instead of PIL, same per-sample views
-            row[f"ours tv-decode w={workers}"] = loader_rate(
-                tvd.ImageFolder(tmp, transform=ours, loader=decode_tv), workers, 32, seconds)
-            row["ours/lightly"] = ratio(row[f"ours w={workers}"], row[f"lightly w={workers}"])
-            row["tv-decode/lightly"] = ratio(row[f"ours tv-decode w={workers}"],
-                                             row[f"lightly w={workers}"])
+            row[f"ours PIL* w={workers}"] = loader_rate(
+                tvd.ImageFolder(tmp, transform=PILMultiView(specs)), workers, 32, seconds)
+            row[f"ours/lightly w={workers}"] = ratio(row[f"ours w={workers}"],
+                                                     row[f"lightly w={workers}"])
+            row["PIL*/lightly"] = ratio(row[f"ours PIL* w={workers}"],
+                                            row[f"lightly w={workers}"])
             print(f"  224px {name:24} ours {row[f'ours w={workers}']:6.1f}  lightly "
                   f"{row[f'lightly w={workers}']:6.1f} img/s", flush=True)
             rows.append(row)
@@ -201,7 +276,7 @@ def columns(rows: list[dict]) -> list[str]:
 
 def run(quick: bool = False, workers: int = 2) -> str:
     """Run the benchmark, write results/data.json, return the Markdown section."""
-    seconds = 1.5 if quick else 3.0
+    seconds = 1.0 if quick else 2.0
     n_files = 128 if quick else 256
     print("32 px, in-memory uint8", flush=True)
     small = run_32px(quick, workers, seconds)
@@ -218,13 +293,12 @@ def run(quick: bool = False, workers: int = 2) -> str:
         f"batch, {seconds:g} s per cell",
         "recipes at their defaults (blur on, also at 32 px); lightly: BYOLView1/2Transform x ns "
         "and SimCLRTransform with the same probabilities, PIL ops per view",
-        f"224 px: {n_files} JPEGs of 256-400 px (quality 90); 'tv-decode' = the same per-sample "
-        "views after torchvision.io.decode_jpeg instead of PIL (a candidate change to "
-        "data/datasets.py)",
+        f"224 px: {n_files} JPEGs of 256-400 px (quality 90), ImageFolder + PIL decode",
+        "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'hue "
+        "subset' runs the hue op only on the samples whose hue is in the current jitter slot "
+        "(identical output); 'PIL' runs the reference views on the PIL image with PIL's "
+        "GaussianBlur(radius=sigma) (the official seeds' blur) and converts to a tensor last",
     ]
-    if ns4:
-        notes.append(f"ns = 4 at 32 px: ours batched / best lightly = {ns4['ours/lightly best']:.2f}"
-                     " (target >= 2)")
     tables = [("32 px, in-memory uint8 (images/s)", markdown_table(small, columns(small))),
               ("224 px, JPEG folder (images/s)", markdown_table(large, columns(large)))]
     return report("Data path", tables, notes)
