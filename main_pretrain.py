@@ -17,22 +17,21 @@ import time
 
 import torch
 
+from data.datasets import DatasetError, dataset_info
 from data.loaders import build_eval_loaders, build_view_loader
-from data.datasets import dataset_info
 from models.methods import ALIASES, METHODS, add_method_args, build_model
 from utils import dist
 from utils.args import add_common_args, parse_with_config
-from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, plain_args,
-                              prune_checkpoints, save_atomic)
+from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, prune_checkpoints,
+                              restore_training_state, save_atomic, training_state)
 from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics
-from utils.misc import bool_flag, git_sha, rng_state, seed_everything, set_rng_state
+from utils.misc import bool_flag, git_sha, seed_everything
 from utils.optim import build_optimizer, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
 from utils.schedules import cosine_schedule, momentum_schedule
 from utils.training import NonFiniteError, amp_context, build_scaler, check_finite
-
 
 # a checkpoint saved with other values of these cannot continue this run
 RUN_KEYS = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim", "batch_size"]
@@ -118,7 +117,10 @@ def main(args: argparse.Namespace) -> None:
     args.method = ALIASES.get(args.method, args.method)
     if args.method not in METHODS:
         sys.exit(f"error: --method {args.method!r} is unknown; choose from {sorted(METHODS)}")
-    dist.launch(main_worker, args)
+    try:
+        dist.launch(main_worker, args)
+    except (DatasetError, FileNotFoundError) as e:  # bad data: one line, not a traceback
+        sys.exit(f"error: {e}")
 
 
 def main_worker(gpu, args):
@@ -172,28 +174,19 @@ def main_worker(gpu, args):
     schedules = {"lr": lr_sched, "wd": wd_sched, "m": m_sched}
 
     # ============ resume ============
+    parts = {"model": model_without_ddp, "criterion": criterion, "optimizer": optimizer,
+             "scaler": scaler}
     start = {"epoch": 0, "step": 0, "nonfinite_skipped": 0}
     found = find_resume(args.resume, args.results_dir)
     if found:
         path, ckpt = found
         check_compatible(ckpt, args, path, RUN_KEYS)
-        model_without_ddp.load_state_dict(ckpt["model"])
-        criterion.load_state_dict(ckpt["criterion"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        start = {"epoch": ckpt["epoch"], "step": ckpt["step"],
-                 "nonfinite_skipped": ckpt.get("nonfinite_skipped", 0)}
+        start = restore_training_state(ckpt, parts, args.rank)
         print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
 
     def save(epoch: int, step: int) -> None:
+        state = training_state(parts, epoch, step, args, start["nonfinite_skipped"])
         if dist.is_main_process():
-            state = {"epoch": epoch, "step": step, "method": args.method, "args": plain_args(vars(args)),
-                     "model": model_without_ddp.state_dict(), "criterion": criterion.state_dict(),
-                     "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "rng": rng_state(), "nonfinite_skipped": start["nonfinite_skipped"]}
             save_atomic(state, checkpoint_path(args.results_dir, epoch, step))
             prune_checkpoints(args.results_dir, args.keep_checkpoints)
 
@@ -212,6 +205,9 @@ def main_worker(gpu, args):
             record["test_knn_top1"] = knn_monitor(model_without_ddp, args)
             knn_history.append(record["test_knn_top1"])
         print(f"epoch {epoch + 1}/{args.epochs}  {format_metrics(record)}")
+        if record.get("train_active_frac", 1.0) < 0.1:  # BeCLR's known failure mode
+            print(f"warning: only {100 * record['train_active_frac']:.1f}% of the sub-networks are "
+                  "selected: the Bregman generator is collapsing (lower --lr or --k-subs)")
         logger.epoch(record)
         save(epoch + 1, 0)
     wall = time.time() - t0
@@ -229,6 +225,7 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
     criterion.train()
     meter, images = MetricAverager(), 0
     device = args.device
+    buffers = [*model.buffers(), *criterion.buffers()]  # BN statistics, queues, banks
     for i, (x, y) in enumerate(loader, start=start["step"]):
         if i >= iters:
             break
@@ -240,6 +237,8 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
                         else [v.to(device, non_blocking=True) for v in x])
         if args.channels_last and not args.arch.startswith("vit"):
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        # a skipped step must not keep what its non-finite forward wrote into the buffers
+        kept = [b.clone() for b in buffers] if args.on_nonfinite == "skip" else []
         with amp_context(args):
             out = forward(views)
             out.extras["labels"] = y.to(device, non_blocking=True)
@@ -255,6 +254,8 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
         try:
             check_finite(loss, grad_norm, metrics, epoch, i, args.on_nonfinite)
         except NonFiniteError as skip:
+            for b, old in zip(buffers, kept, strict=True):
+                b.copy_(old)
             start["nonfinite_skipped"] += 1
             print(f"warning: {skip}; step skipped ({start['nonfinite_skipped']} so far)")
             continue

@@ -1,8 +1,9 @@
-"""Shared by the benchmarks: the machine record, a timer, the matmul bound, tables and JSON output."""
+"""Shared by the benchmarks: machine record, timer, matmul bound, Markdown tables, JSON output."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -93,9 +94,9 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):
             return "-"
-        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 1e3 else f"{value:,.0f}"
     return str(value)
 
 

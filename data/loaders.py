@@ -130,8 +130,13 @@ def build_view_loader(
         )
     transform = None if on_device else MultiViewTransform(specs, info.mean, info.std)
     dataset = first_n(
-        build_dataset(args.dataset, _root(args), split, transform=transform), args.train_subset
+        build_dataset(
+            args.dataset, _root(args), split, transform=transform, on_bad_image=args.on_bad_image
+        ),
+        args.train_subset,
     )
+    if not on_device:  # views drawn in workers: seed each sample from (seed, epoch, index)
+        dataset = SeededSamples(dataset, args.seed or 0)
     args.num_views = len(specs)
     sampler = ResumableSampler(
         len(dataset),
@@ -139,6 +144,7 @@ def build_view_loader(
         seed=args.seed or 0,
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
+        encode_epoch=not on_device,
     )
     loader = _loader(
         dataset,
@@ -174,12 +180,19 @@ def build_eval_loaders(
     per_sample = None if info.in_memory else eval_transform(size, info.mean, info.std)
     train = first_n(
         build_dataset(
-            args.dataset, _root(args), train_split, transform=train_transform or per_sample
+            args.dataset,
+            _root(args),
+            train_split,
+            transform=train_transform or per_sample,
+            on_bad_image=args.on_bad_image,
         ),
         args.train_subset,
     )
     val = first_n(
-        build_dataset(args.dataset, _root(args), "val", transform=per_sample), args.val_subset
+        build_dataset(
+            args.dataset, _root(args), "val", transform=per_sample, on_bad_image=args.on_bad_image
+        ),
+        args.val_subset,
     )
     rank, world = dist.get_rank(), dist.get_world_size()
     loaders = [

@@ -9,8 +9,8 @@ so adding a method touches this file, its loss file, its test and main.sh/README
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from torch import nn
@@ -21,22 +21,21 @@ from losses.base import ContrastiveLoss
 from losses.bregman import BeCLR
 from losses.dependence import MVMR as MVMRLoss
 from losses.dsf import DSF, DSFQueue
-from losses.mocov2 import MoCoV2
 from losses.infonce import InfoNCE, NTXent
+from losses.mocov2 import MoCoV2
 from losses.nnclr import NNCLR
 from losses.patchmix import PatchMix
 from losses.soft_neighbour import SoftNeighbour
-from utils.checkpoint import load_checkpoint
-from utils.misc import bool_flag
 from models import build_backbone
 from models.beclr import BeCLRNet
-from models.heads import build_mlp
 from models.moco import MoCoV3
 from models.mocov2 import MoCoV2CIFAR
 from models.mvmr import MVMR
 from models.nnclr import nnclr_heads
 from models.patchmix import PatchMixMoCo
 from models.simclr import SimCLR
+from utils.checkpoint import load_checkpoint
+from utils.misc import bool_flag
 
 
 @dataclass(frozen=True)

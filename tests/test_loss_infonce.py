@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import run_gloo
+
 from losses.infonce import mocov3_loss, nt_xent
 
 

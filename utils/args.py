@@ -23,6 +23,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="use only the first N training images (quick experiments, tests; 0 = all)")
     g.add_argument("--val-subset", default=0, type=int,
                    help="use only the first N validation images (0 = all)")
+    g.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
+                   help="an unreadable image in a folder dataset stops the run with its path "
+                        "(fail), or is replaced by the next readable image with a warning (skip)")
     g = parser.add_argument_group("distributed (moco-v3 compatible)")
     g.add_argument("--world-size", default=1, type=int,
                    help="number of nodes before spawn; the total number of processes after (moco-v3)")

@@ -14,6 +14,9 @@ import warnings
 import torch
 from torch import nn
 
+from utils import dist
+from utils.misc import rng_state, set_rng_state
+
 CKPT_PATTERN = "checkpoint_*.pth.tar"
 
 
@@ -153,3 +156,27 @@ def check_compatible(ckpt: dict, args: object, path: str, keys: list[str]) -> No
     if diff:
         raise SystemExit(f"error: {path} does not match this run ({'; '.join(diff)}); "
                          "resume with the same flags or start a new --results_dir")
+
+
+def training_state(parts: dict, epoch: int, step: int, args: object,
+                   nonfinite_skipped: int) -> dict:
+    """Everything the next step depends on, as plain data. Collective: every rank must call it
+    (each rank's RNG state is gathered, since each rank draws its own augmentations)."""
+    rngs = dist.all_gather_object(rng_state())
+    state = {"epoch": epoch, "step": step, "args": plain_args(vars(args)), "rng": rngs,
+             "nonfinite_skipped": nonfinite_skipped}
+    state["method"] = state["args"].get("method")
+    for name, part in parts.items():
+        state[name] = part.state_dict() if part is not None else None
+    return state
+
+
+def restore_training_state(ckpt: dict, parts: dict, rank: int) -> dict:
+    """Load every part saved by training_state and this rank's RNG; return the position."""
+    for name, part in parts.items():
+        if part is not None and ckpt.get(name) is not None:
+            part.load_state_dict(ckpt[name])
+    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    set_rng_state(rngs[rank % len(rngs)])  # each rank its own stream
+    return {"epoch": ckpt["epoch"], "step": ckpt["step"],
+            "nonfinite_skipped": ckpt.get("nonfinite_skipped", 0)}

@@ -80,15 +80,23 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return y / get_world_size()
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects); [obj] with no process group."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def setup_for_distributed(is_main: bool) -> None:
     """Silence print() on ranks other than 0 unless called with force=True (DINO's trick)."""
     builtin_print = builtins.print
 
     def print_(*args: Any, **kwargs: Any) -> None:
-        if is_main or kwargs.pop("force", False):
+        force = kwargs.pop("force", False)  # builtin print() rejects the keyword, even on rank 0
+        if is_main or force:
             builtin_print(*args, **kwargs)
-        else:
-            kwargs.pop("force", None)
 
     builtins.print = print_
 
