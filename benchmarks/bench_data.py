@@ -110,8 +110,9 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
 # ============ candidate changes to data/transforms.py, measured here ============
 
 
-def color_jitter_hue_subset(x: Tensor, apply: Tensor, factors: Tensor, order: Tensor,
-                            with_hue: bool = True) -> Tensor:
+def color_jitter_hue_subset(
+    x: Tensor, apply: Tensor, factors: Tensor, order: Tensor, with_hue: bool = True
+) -> Tensor:
     """transforms.color_jitter with the hue op run only on the samples whose hue falls in the
     current op slot (once per sample instead of 4 times on the whole batch); same output."""
 
@@ -123,8 +124,11 @@ def color_jitter_hue_subset(x: Tensor, apply: Tensor, factors: Tensor, order: Te
         f = factors.gather(1, order[:, k : k + 1]).squeeze(1)
         gray = transforms._grayscale(x)
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        target = torch.where(per_sample(op == 2), gray,
-                             torch.where(per_sample(op == 1), mean, torch.zeros_like(gray)))
+        target = torch.where(
+            per_sample(op == 2),
+            gray,
+            torch.where(per_sample(op == 1), mean, torch.zeros_like(gray)),
+        )
         ratio_ = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
         x = (ratio_ * x + (1 - ratio_) * target).clamp_(0.0, 1.0)
         if with_hue:
@@ -166,8 +170,9 @@ class PILMultiView:
         ref = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
         self.transforms = []
         for spec, t in zip(specs, ref.transforms, strict=True):
-            ops = [PILBlur(op.p, spec.blur_sigma) if _is_blur(op) else op
-                   for op in t.transforms[:-2]]
+            ops = [
+                PILBlur(op.p, spec.blur_sigma) if _is_blur(op) else op for op in t.transforms[:-2]
+            ]
             # every reference view ends with ToDtype + Normalize: convert to a tensor just before
             self.transforms.append(v2.Compose([*ops, v2.PILToTensor(), *t.transforms[-2:]]))
 
@@ -217,25 +222,34 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
     rows = []
     for name, specs in recipes(32, (1, 4) if quick else (1, 2, 4, 8)).items():
         augment = BatchMultiView(specs, IMAGENET_MEAN, IMAGENET_STD)
-        row = {"recipe": name, "V": len(specs), "ours batched": batched_rate(images, augment,
-                                                                             256, seconds)}
+        row = {
+            "recipe": name,
+            "V": len(specs),
+            "ours batched": batched_rate(images, augment, 256, seconds),
+        }
         with hue_on_subset():
             row["ours batched, hue subset*"] = batched_rate(images, augment, 256, seconds)
         for w in (0, workers):
             ref = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
-            row[f"ours per-sample w={w}"] = loader_rate(TensorImages(images, ref, False), w, 64,
-                                                        seconds)
+            row[f"ours per-sample w={w}"] = loader_rate(
+                TensorImages(images, ref, False), w, 64, seconds
+            )
             peer = TensorImages(images, lightly_transform(name, 32), as_pil=True)
             row[f"lightly w={w}"] = loader_rate(peer, w, 64, seconds)
         row[f"ours per-sample PIL* w={workers}"] = loader_rate(
-            TensorImages(images, PILMultiView(specs), as_pil=True), workers, 64, seconds)
+            TensorImages(images, PILMultiView(specs), as_pil=True), workers, 64, seconds
+        )
         best_peer = max(row["lightly w=0"], row[f"lightly w={workers}"])
         row["batched/lightly best"] = ratio(row["ours batched"], best_peer)
         row["hue subset*/lightly best"] = ratio(row["ours batched, hue subset*"], best_peer)
-        row[f"per-sample/lightly w={workers}"] = ratio(row[f"ours per-sample w={workers}"],
-                                                       row[f"lightly w={workers}"])
-        print(f"  32px {name:24} ours batched {row['ours batched']:7.0f}  lightly best "
-              f"{best_peer:7.0f} img/s", flush=True)
+        row[f"per-sample/lightly w={workers}"] = ratio(
+            row[f"ours per-sample w={workers}"], row[f"lightly w={workers}"]
+        )
+        print(
+            f"  32px {name:24} ours batched {row['ours batched']:7.0f}  lightly best "
+            f"{best_peer:7.0f} img/s",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -246,26 +260,31 @@ def run_224px(quick: bool, workers: int, seconds: float, n_files: int) -> list[d
         write_jpegs(Path(tmp), n_files)
         decode_only = tvd.ImageFolder(tmp, transform=lambda img: torch.zeros(1))
         base = {"decode only (PIL)": loader_rate(decode_only, workers, 16, seconds)}
-        names = ("byol_asymmetric ns=1",) if quick else ("byol_asymmetric ns=1",
-                                                        "simclr_symmetric")
+        names = ("byol_asymmetric ns=1",) if quick else ("byol_asymmetric ns=1", "simclr_symmetric")
         all_recipes = recipes(224, (1,))
         for name in names:
             specs = all_recipes[name]
             row = {"recipe": name, "V": len(specs), **base}
             ours = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)  # decodes with PIL
-            for w in ((workers,) if quick else (0, workers)):
-                row[f"ours w={w}"] = loader_rate(tvd.ImageFolder(tmp, transform=ours), w, 16,
-                                                 seconds)
+            for w in (workers,) if quick else (0, workers):
+                row[f"ours w={w}"] = loader_rate(
+                    tvd.ImageFolder(tmp, transform=ours), w, 16, seconds
+                )
                 row[f"lightly w={w}"] = loader_rate(
-                    tvd.ImageFolder(tmp, transform=lightly_transform(name, 224)), w, 16, seconds)
+                    tvd.ImageFolder(tmp, transform=lightly_transform(name, 224)), w, 16, seconds
+                )
             row[f"ours PIL* w={workers}"] = loader_rate(
-                tvd.ImageFolder(tmp, transform=PILMultiView(specs)), workers, 16, seconds)
-            row[f"ours/lightly w={workers}"] = ratio(row[f"ours w={workers}"],
-                                                     row[f"lightly w={workers}"])
-            row["PIL*/lightly"] = ratio(row[f"ours PIL* w={workers}"],
-                                            row[f"lightly w={workers}"])
-            print(f"  224px {name:24} ours {row[f'ours w={workers}']:6.1f}  lightly "
-                  f"{row[f'lightly w={workers}']:6.1f} img/s", flush=True)
+                tvd.ImageFolder(tmp, transform=PILMultiView(specs)), workers, 16, seconds
+            )
+            row[f"ours/lightly w={workers}"] = ratio(
+                row[f"ours w={workers}"], row[f"lightly w={workers}"]
+            )
+            row["PIL*/lightly"] = ratio(row[f"ours PIL* w={workers}"], row[f"lightly w={workers}"])
+            print(
+                f"  224px {name:24} ours {row[f'ours w={workers}']:6.1f}  lightly "
+                f"{row[f'lightly w={workers}']:6.1f} img/s",
+                flush=True,
+            )
             rows.append(row)
     return rows
 
@@ -282,30 +301,53 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
     small = run_32px(quick, workers, seconds)
     print(f"224 px, {n_files} JPEG files", flush=True)
     large = run_224px(quick, workers, seconds, n_files)
-    write_json("data", {"quick": quick, "workers": workers, "seconds_per_cell": seconds,
-                        "jpeg_files": n_files, "rows_32px": small, "rows_224px": large})
+    write_json(
+        "data",
+        {
+            "quick": quick,
+            "workers": workers,
+            "seconds_per_cell": seconds,
+            "jpeg_files": n_files,
+            "rows_32px": small,
+            "rows_224px": large,
+        },
+    )
     notes = [
-        ("source images/s (each gives V views); w = DataLoader workers; ours batched = "
-         f"BatchMultiView on 256-image uint8 batches, {torch.get_num_threads()} torch threads, "
-         "in the main process (no workers: it runs where the model runs)"),
-        ("per-sample paths: batches of 64 (32 px) or 16 (224 px); steady state after the first "
-         f"batch, {seconds:g} s per cell"),
-        ("recipes at their defaults (blur on, also at 32 px); lightly: BYOLView1/2Transform x "
-         "ns and SimCLRTransform with the same probabilities, PIL ops per view"),
+        (
+            "source images/s (each gives V views); w = DataLoader workers; ours batched = "
+            f"BatchMultiView on 256-image uint8 batches, {torch.get_num_threads()} torch threads, "
+            "in the main process (no workers: it runs where the model runs)"
+        ),
+        (
+            "per-sample paths: batches of 64 (32 px) or 16 (224 px); steady state after the first "
+            f"batch, {seconds:g} s per cell"
+        ),
+        (
+            "recipes at their defaults (blur on, also at 32 px); lightly: BYOLView1/2Transform x "
+            "ns and SimCLRTransform with the same probabilities, PIL ops per view"
+        ),
         f"224 px: {n_files} JPEGs of 256-400 px (quality 90), ImageFolder + PIL decode",
-        ("* = a candidate change to data/transforms.py, implemented in bench_data.py: 'hue "
-         "subset' runs the hue op only on the samples whose hue is in the current jitter slot "
-         "(identical output); 'PIL' runs the reference views on the PIL image with PIL's "
-         "GaussianBlur(radius=sigma) (the official seeds' blur) and converts to a tensor last"),
+        (
+            "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'hue "
+            "subset' runs the hue op only on the samples whose hue is in the current jitter slot "
+            "(identical output); 'PIL' runs the reference views on the PIL image with PIL's "
+            "GaussianBlur(radius=sigma) (the official seeds' blur) and converts to a tensor last"
+        ),
     ]
-    tables = [("32 px, in-memory uint8 (images/s)", markdown_table(small, columns(small))),
-              ("224 px, JPEG folder (images/s)", markdown_table(large, columns(large)))]
+    tables = [
+        ("32 px, in-memory uint8 (images/s)", markdown_table(small, columns(small))),
+        ("224 px, JPEG folder (images/s)", markdown_table(large, columns(large))),
+    ]
     ns4 = next(r for r in small if r["recipe"] == "byol_asymmetric ns=4")
-    found = [{"target": "data path >= 2x per-view PIL (lightly) at ns = 4, 32 px",
-              "measured": f"{ns4['batched/lightly best']:.2f}x",
-              "met": ns4["batched/lightly best"] >= 2,
-              "note": f"{ns4['hue subset*/lightly best']:.2f}x with the hue-subset candidate "
-                      "(data/transforms.py color_jitter)"}]
+    found = [
+        {
+            "target": "data path >= 2x per-view PIL (lightly) at ns = 4, 32 px",
+            "measured": f"{ns4['batched/lightly best']:.2f}x",
+            "met": ns4["batched/lightly best"] >= 2,
+            "note": f"{ns4['hue subset*/lightly best']:.2f}x with the hue-subset candidate "
+            "(data/transforms.py color_jitter)",
+        }
+    ]
     return report("Data path", tables, notes), found
 
 

@@ -62,21 +62,27 @@ def peak_bytes() -> int:
 def bare_topk(train_f: torch.Tensor, test_f: torch.Tensor, k: int, chunk: int) -> None:
     """The floor: similarity of pre-normalised features, chunked, and the top-k; no vote."""
     for start in range(0, test_f.shape[0], chunk):
-        (test_f[start:start + chunk] @ train_f.T).topk(k, dim=1)
+        (test_f[start : start + chunk] @ train_f.T).topk(k, dim=1)
 
 
 @torch.no_grad()
-def scatter_vote_knn(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
-                     test_y: torch.Tensor, classes: int, chunk: int,
-                     temperature: float = 0.07) -> dict[int, float]:
+def scatter_vote_knn(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    classes: int,
+    chunk: int,
+    temperature: float = 0.07,
+) -> dict[int, float]:
     """knn_classify's vote with scatter_add_ into [chunk, C] scores instead of a [chunk, k, C]
     one-hot product: O(k) instead of O(k C) per query. A candidate change to utils/knn.py."""
     train_f, test_f = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
     correct = dict.fromkeys(KS, 0)
     for start in range(0, test_f.shape[0], chunk):
-        top_sim, top_idx = (test_f[start:start + chunk] @ train_f.T).topk(max(KS), dim=1)
+        top_sim, top_idx = (test_f[start : start + chunk] @ train_f.T).topk(max(KS), dim=1)
         weights, labels = (top_sim / temperature).exp(), train_y[top_idx]  # [c, kmax]
-        truth = test_y[start:start + chunk]
+        truth = test_y[start : start + chunk]
         for k in KS:
             scores = weights.new_zeros(len(truth), classes)
             scores.scatter_add_(1, labels[:, :k], weights[:, :k])  # [c, C]
@@ -116,16 +122,30 @@ def child(n: int, d: int, q: int, classes: int, modes: list[str], rounds: int) -
         for m in modes:
             times[m].append(timed(calls[m]))
             peak = peak_bytes() if peak is None else peak
-    return {"seconds": times, "peak_mb": max(0, peak - before) / 2**20,
-            "bank_mb": n * d * 4 / 2**20, "chunk": chunk}
+    return {
+        "seconds": times,
+        "peak_mb": max(0, peak - before) / 2**20,
+        "bank_mb": n * d * 4 / 2**20,
+        "chunk": chunk,
+    }
 
 
 MODES = ("knn", "bare", "scatter")
 
 
 def run_case(n: int, d: int, q: int, classes: int, modes: tuple[str, ...], rounds: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_knn", "--child", str(n), str(d), str(q),
-           str(classes), ",".join(modes), str(rounds)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_knn",
+        "--child",
+        str(n),
+        str(d),
+        str(q),
+        str(classes),
+        ",".join(modes),
+        str(rounds),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -139,13 +159,23 @@ def measure(n: int, d: int, q: int, classes: int) -> dict:
     if n * q <= 10**9:
         together = run_case(n, d, q, classes, MODES, 1)["seconds"]
         seconds = {m: seconds[m] + together[m] for m in MODES}
-    row = {"N": n, "D": d, "Q": q, "C": classes, "kind": "measured",
-           **{f"{m} s": min(seconds[m]) for m in MODES},
-           **{f"{m} peak MB": alone[m]["peak_mb"] for m in MODES},
-           "bank MB": alone["knn"]["bank_mb"], "chunk": alone["knn"]["chunk"]}
-    print(f"  N={n:>8} D={d} Q={q} C={classes}: knn {row['knn s']:.2f} s, bare "
-          f"{row['bare s']:.2f} s, scatter {row['scatter s']:.2f} s, knn peak "
-          f"{row['knn peak MB']:.0f} MB", flush=True)
+    row = {
+        "N": n,
+        "D": d,
+        "Q": q,
+        "C": classes,
+        "kind": "measured",
+        **{f"{m} s": min(seconds[m]) for m in MODES},
+        **{f"{m} peak MB": alone[m]["peak_mb"] for m in MODES},
+        "bank MB": alone["knn"]["bank_mb"],
+        "chunk": alone["knn"]["chunk"],
+    }
+    print(
+        f"  N={n:>8} D={d} Q={q} C={classes}: knn {row['knn s']:.2f} s, bare "
+        f"{row['bare s']:.2f} s, scatter {row['scatter s']:.2f} s, knn peak "
+        f"{row['knn peak MB']:.0f} MB",
+        flush=True,
+    )
     return derived(row)
 
 
@@ -167,9 +197,25 @@ def project(measured: dict, q: int) -> dict:
     return derived(row)
 
 
-COLS = ["N", "D", "Q", "C", "kind", "knn s", "bare s", "knn/bare", "scatter s", "scatter/bare",
-        "queries/s", "GFLOP/s", "knn peak MB", "bare peak MB", "scatter peak MB", "bank MB",
-        "chunk"]
+COLS = [
+    "N",
+    "D",
+    "Q",
+    "C",
+    "kind",
+    "knn s",
+    "bare s",
+    "knn/bare",
+    "scatter s",
+    "scatter/bare",
+    "queries/s",
+    "GFLOP/s",
+    "knn peak MB",
+    "bare peak MB",
+    "scatter peak MB",
+    "bank MB",
+    "chunk",
+]
 IMAGENET = 1_281_167
 
 
@@ -185,25 +231,41 @@ def run(quick: bool = False) -> tuple[str, list[dict]]:
     rows.append(project(rows[-1], 50_000))
     write_json("knn", {"quick": quick, "ks": KS, "rows": rows})
     notes = [
-        (f"k in {KS} (one topk of {max(KS)}), T = 0.07, fp32, "
-         f"{torch.get_num_threads()} threads; one subprocess per case and function"),
-        ("knn = utils.knn.knn_classify (normalise, chunked similarity, topk, one-hot weighted "
-         "vote); bare = chunked matmul + topk of pre-normalised features, same chunk size; "
-         "scatter = knn_classify with the vote done by scatter_add_ (candidate, in this file)"),
-        ("peak MB = rise of the resident high-water mark (reset before the call) over the "
-         "resident size before it, one subprocess per function (bank and queries excluded); "
-         "time = the fastest of 2 calls, one of them interleaved with the other functions "
-         "(1 call when N Q > 1e9)"),
-        (f"1.28M x 384 vs 50k is projected (not measured) from the measured 1.28M x 384 vs "
-         f"{q_small:,} row: same bank and chunks, time linear in Q, memory independent of Q"),
+        (
+            f"k in {KS} (one topk of {max(KS)}), T = 0.07, fp32, "
+            f"{torch.get_num_threads()} threads; one subprocess per case and function"
+        ),
+        (
+            "knn = utils.knn.knn_classify (normalise, chunked similarity, topk, one-hot weighted "
+            "vote); bare = chunked matmul + topk of pre-normalised features, same chunk size; "
+            "scatter = knn_classify with the vote done by scatter_add_ (candidate, in this file)"
+        ),
+        (
+            "peak MB = rise of the resident high-water mark (reset before the call) over the "
+            "resident size before it, one subprocess per function (bank and queries excluded); "
+            "time = the fastest of 2 calls, one of them interleaved with the other functions "
+            "(1 call when N Q > 1e9)"
+        ),
+        (
+            f"1.28M x 384 vs 50k is projected (not measured) from the measured 1.28M x 384 vs "
+            f"{q_small:,} row: same bank and chunks, time linear in Q, memory independent of Q"
+        ),
     ]
-    found = [{"target": f"kNN within 2x of bare matmul + topk (50k x 512 vs {q_main:,})",
-              "measured": f"{rows[0]['knn/bare']:.2f}x", "met": rows[0]["knn/bare"] <= 2,
-              "note": "C = 1000 at N = 50k: "
-                      f"{rows[1]['knn/bare']:.2f}x ({rows[1]['scatter/bare']:.2f}x with the "
-                      "scatter-vote candidate)"}]
-    return report("kNN evaluation", [("knn_classify vs bare matmul + topk",
-                                      markdown_table(rows, COLS))], notes), found
+    found = [
+        {
+            "target": f"kNN within 2x of bare matmul + topk (50k x 512 vs {q_main:,})",
+            "measured": f"{rows[0]['knn/bare']:.2f}x",
+            "met": rows[0]["knn/bare"] <= 2,
+            "note": "C = 1000 at N = 50k: "
+            f"{rows[1]['knn/bare']:.2f}x ({rows[1]['scatter/bare']:.2f}x with the "
+            "scatter-vote candidate)",
+        }
+    ]
+    return report(
+        "kNN evaluation",
+        [("knn_classify vs bare matmul + topk", markdown_table(rows, COLS))],
+        notes,
+    ), found
 
 
 def main() -> None:

@@ -61,8 +61,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
-              min_seconds: float = 0.0) -> dict[str, float]:
+def time_call(
+    fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, min_seconds: float = 0.0
+) -> dict[str, float]:
     """Wall time of fn() in ms: median, min and mean over `repeats` calls (at least `min_seconds`
     of them), after `warmup` untimed calls. The median resists other jobs on a shared machine."""
     for _ in range(warmup):
@@ -76,8 +77,12 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1,
         sync()
         times.append(time.perf_counter() - t0)
     ms = [1e3 * t for t in times]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "mean_ms": statistics.fmean(ms),
-            "n": len(ms)}
+    return {
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "mean_ms": statistics.fmean(ms),
+        "n": len(ms),
+    }
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
