@@ -382,6 +382,18 @@ def default_vs_default(grid: list[Case], ours: list[dict], peers: list[dict]) ->
     return rows
 
 
+def precision_note(ours: list[dict]) -> str:
+    """Our step's bf16-autocast speed over fp32, per backbone and memory format."""
+    fp32 = {(r["arch"], r["channels_last"]): r["img/s"] for r in ours if r["amp"] == "off"}
+    parts = []
+    for r in ours:
+        key = (r["arch"], r["channels_last"])
+        if r["amp"] == "bf16" and key in fp32:
+            fmt = " channels_last" if r["channels_last"] and not r["arch"].startswith("vit") else ""
+            parts.append(f"{r['arch']}{fmt} x{r['img/s'] / fp32[key]:.2f}")
+    return "bf16 autocast vs fp32, our SimCLR step: " + ", ".join(parts)
+
+
 def targets(versus: list[dict], v8: list[dict]) -> list[dict]:
     out = []
     for r in versus:
@@ -472,6 +484,7 @@ def run(
         notes.append(
             f"max loss share at V = 8: {max(r['loss %'] for r in v8):.2f} % (target < 5 %)"
         )
+    notes.append(precision_note(ours))
     tables = [
         ("Method matrix (fp32, channels_last on for ResNets)", markdown_table(rows, MATRIX_COLS)),
         (

@@ -101,7 +101,8 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
-        return f"{value:.3g}" if abs(value) < 1e3 else f"{value:,.0f}"
+        # 3 significant digits below 1000 (999.6 would print as 1e+03), whole numbers above
+        return f"{value:.3g}" if abs(value) < 999.5 else f"{value:,.0f}"
     return str(value)
 
 

@@ -1,6 +1,9 @@
-"""Run every benchmark and rewrite benchmarks/RESULTS.md (about 10 minutes on 2 CPU cores).
+"""Run every benchmark and rewrite benchmarks/RESULTS.md.
 
-    python -m benchmarks.run_all [--quick]      # --quick: about 3 minutes, smaller cases
+    python -m benchmarks.run_all [--quick]
+
+On the 2-core CPU shared with other jobs (load average about 4): 8 minutes, --quick under 4
+(smaller batch, fewer recipes and sizes).
 
 Needs requirements-bench.txt (lightly, the peer). Numbers on a shared machine are noisy: the load
 average before and after each benchmark is recorded next to its results.
