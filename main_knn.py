@@ -22,7 +22,6 @@ from utils.checkpoint import load_backbone, load_backbone_into
 from utils.knn import extract_features, knn_classify
 from utils.misc import seed_everything
 from utils.results import write_results
-from utils.training import amp_context
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,7 +85,7 @@ def main_worker(gpu, args):
     encode, run = build_encoder(args)
     size = args.img_size or run.get("img_size") or dataset_info(args.dataset).img_size
     train_loader, val_loader, prepare, info = build_eval_loaders(args, size, args.batch_size)
-    with torch.no_grad(), amp_context(argparse.Namespace(device=args.device, amp="off")):
+    with torch.no_grad():
         train = extract_features(encode, train_loader, len(train_loader.dataset), args.device,
                                  prepare)
         val = extract_features(encode, val_loader, len(val_loader.dataset), args.device, prepare)
