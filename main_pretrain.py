@@ -19,14 +19,23 @@ import torch
 
 from data.datasets import DatasetError, dataset_info
 from data.loaders import build_eval_loaders, build_view_loader
+from data.transforms import original_view
 from models.methods import ALIASES, METHODS, add_method_args, build_model
 from utils import dist
-from utils.args import add_common_args, parse_with_config
-from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, prune_checkpoints,
-                              restore_training_state, save_atomic, training_state)
+from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config
+from utils.checkpoint import (
+    check_compatible,
+    checkpoint_path,
+    find_resume,
+    prune_checkpoints,
+    restore_training_state,
+    save_atomic,
+    training_state,
+)
 from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics
 from utils.misc import bool_flag, git_sha, seed_everything
+from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
@@ -96,20 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug-device", default="auto", choices=["auto", "device", "workers"],
                    help="where views are made: batched on the training device (in-memory datasets), "
                         "or per sample in loader workers (the reference path)")
-    g = parser.add_argument_group("checkpoints and monitoring")
-    g.add_argument("--resume", default="", help="checkpoint path, or 'auto' (newest valid in "
-                                                "--results_dir)")
-    g.add_argument("--save-freq-steps", default=0, type=int,
-                   help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
-    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
-    g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
-                   help="a non-finite loss or gradient stops the run, or skips the step (counted)")
-    g.add_argument("--print-freq", default=50, type=int)
-    g.add_argument("--knn-freq", default=0, type=int, help="kNN monitor every N epochs (0 = off)")
-    g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor")
-    g.add_argument("--knn-t", default=0.1, type=float, help="temperature of the kNN monitor")
-    g.add_argument("--steps-per-epoch", default=0, type=int,
-                   help="cap on steps per epoch for smoke tests (0 = the whole dataset)")
+    add_checkpoint_and_monitor_args(parser)
     return parser
 
 
@@ -142,7 +138,8 @@ def main_worker(gpu, args):
 
     # ============ data ============
     args.img_size = args.img_size or dataset_info(args.dataset).img_size
-    loader, augment, info = build_view_loader(args, method.views(args))
+    probe_view = [original_view(args.img_size)] if args.online_probe else []  # the last view
+    loader, augment, info = build_view_loader(args, method.views(args) + probe_view)
     iters = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
 
     # ============ model ============
@@ -152,10 +149,11 @@ def main_worker(gpu, args):
     if args.world_size > 1 and args.gpu is not None and getattr(model, "sync_bn", True):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # moco-v3; CUDA only
     model_without_ddp = model
-    if args.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if args.gpu is not None else None)
+    ddp = dist.ddp_wrapper(args)
+    model = ddp(model) if ddp else model
     forward = torch.compile(model) if args.compile else model
+    probe = OnlineProbe(model_without_ddp.backbone.num_features, info.num_classes, device,
+                        args.online_probe_lr, ddp) if args.online_probe else None
 
     # ============ loss ============
     criterion = method.loss(args).to(device)
@@ -175,7 +173,7 @@ def main_worker(gpu, args):
 
     # ============ resume ============
     parts = {"model": model_without_ddp, "criterion": criterion, "optimizer": optimizer,
-             "scaler": scaler}
+             "scaler": scaler, "probe": probe}
     start = {"epoch": 0, "step": 0, "nonfinite_skipped": 0}
     found = find_resume(args.resume, args.results_dir)
     if found:
@@ -193,17 +191,18 @@ def main_worker(gpu, args):
     # ============ train ============
     start["preemption"] = Preemption(device)
     logger = RunLogger(args.results_dir, dist.is_main_process())
-    knn_history, t0, images_seen = [], time.time(), 0
+    history, t0, images_seen = [], time.time(), 0
     for epoch in range(start["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch, start["step"] * args.batch_size_per_gpu)
-        stats = train_one_epoch(forward, model_without_ddp, criterion, loader, augment, optimizer,
-                                scaler, schedules, epoch, iters, start, save, args)
+        stats = train_one_epoch(forward, model_without_ddp, criterion, probe, loader, augment,
+                                optimizer, scaler, schedules, epoch, iters, start, save, args)
         images_seen += stats.pop("images")
         start["step"] = 0
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
-        if args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs):
-            record["test_knn_top1"] = knn_monitor(model_without_ddp, args)
-            knn_history.append(record["test_knn_top1"])
+        knn_due = args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs)
+        if knn_due or probe is not None:
+            record.update(monitor(model_without_ddp, probe, knn_due, args))
+            history.append(record)
         print(f"epoch {epoch + 1}/{args.epochs}  {format_metrics(record)}")
         if record.get("train_active_frac", 1.0) < 0.1:  # BeCLR's known failure mode
             print(f"warning: only {100 * record['train_active_frac']:.1f}% of the sub-networks are "
@@ -214,13 +213,15 @@ def main_worker(gpu, args):
     logger.close()
     if dist.is_main_process():
         write_results(args.results_dir, "pretrain", args, {
-            "knn_top1_monitor": knn_history[-1] if knn_history else None,
+            "knn_top1_monitor": next((r["test_knn_top1"] for r in history[::-1]
+                                      if "test_knn_top1" in r), None),
+            "online_probe_top1": history[-1].get("test_probe_top1") if history else None,
             "images_per_s": images_seen * args.world_size / max(wall, 1e-9)}, wall)
     dist.cleanup()
 
 
-def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scaler, schedules,
-                    epoch, iters, start, save, args):
+def train_one_epoch(forward, model, criterion, probe, loader, augment, optimizer, scaler,
+                    schedules, epoch, iters, start, save, args):
     forward.train()
     criterion.train()
     meter, images = MetricAverager(), 0
@@ -239,9 +240,11 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         # a skipped step must not keep what its non-finite forward wrote into the buffers
         kept = [b.clone() for b in buffers] if args.on_nonfinite == "skip" else []
+        y = y.to(device, non_blocking=True)
         with amp_context(args):
+            probe_metrics = probe.step(model.backbone, views.pop(), y) if probe else {}
             out = forward(views)
-            out.extras["labels"] = y.to(device, non_blocking=True)
+            out.extras["labels"] = y
             loss, metrics = criterion(out)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -265,7 +268,8 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
         else:
             optimizer.step()
         images += y.shape[0]
-        meter.update({"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics})
+        meter.update({"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics,
+                      **probe_metrics})
         if start["preemption"].requested():  # every rank stops after the same step
             save(epoch, i + 1)
             print(f"preempted at epoch {epoch} step {i + 1}: checkpoint saved; exiting with status "
@@ -280,16 +284,21 @@ def train_one_epoch(forward, model, criterion, loader, augment, optimizer, scale
             "images": images}
 
 
-def knn_monitor(model, args) -> float:
-    """Weighted kNN top-1 of the online backbone (k = --knn-k, T = --knn-t) on the val split."""
+def monitor(model, probe, knn_due, args) -> dict:
+    """Val top-1 of the online probe, and (when due) the weighted kNN top-1 of the online backbone
+    (k = --knn-k, T = --knn-t)."""
     train_loader, val_loader, prepare, info = build_eval_loaders(args, args.img_size)
     encode = encoder_in_eval(model.backbone)
     with amp_context(args):
-        train = extract_features(encode, train_loader, len(train_loader.dataset), args.device,
-                                 prepare)
         val = extract_features(encode, val_loader, len(val_loader.dataset), args.device, prepare)
-    return knn_classify(*train, *val, ks=[args.knn_k], temperature=args.knn_t,
-                        num_classes=info.num_classes)[min(args.knn_k, len(train[0]))]
+        record = {"test_probe_top1": probe.top1(*val)} if probe else {}
+        if knn_due:
+            train = extract_features(encode, train_loader, len(train_loader.dataset), args.device,
+                                     prepare)
+            accuracy = knn_classify(*train, *val, ks=[args.knn_k], temperature=args.knn_t,
+                                    num_classes=info.num_classes)
+            record["test_knn_top1"] = accuracy[min(args.knn_k, len(train[0]))]
+    return record
 
 
 if __name__ == "__main__":

@@ -48,6 +48,28 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="channels_last memory format for convolutional backbones (default: true)")
 
 
+def add_checkpoint_and_monitor_args(parser: argparse.ArgumentParser) -> None:
+    """main_pretrain.py's run control: checkpoints, resume, non-finite policy, monitors."""
+    g = parser.add_argument_group("checkpoints and monitoring")
+    g.add_argument("--resume", default="", help="checkpoint path, or 'auto' (newest valid in "
+                                                "--results_dir)")
+    g.add_argument("--save-freq-steps", default=0, type=int,
+                   help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
+    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
+    g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="a non-finite loss or gradient stops the run, or skips the step (counted)")
+    g.add_argument("--print-freq", default=50, type=int)
+    g.add_argument("--knn-freq", default=0, type=int, help="kNN monitor every N epochs (0 = off)")
+    g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor")
+    g.add_argument("--knn-t", default=0.1, type=float, help="temperature of the kNN monitor")
+    g.add_argument("--online-probe", default=False, type=bool_flag,
+                   help="train a linear classifier on detached backbone features of the "
+                        "un-augmented view at every step, report its val top-1 every epoch (MV-MR)")
+    g.add_argument("--online-probe-lr", default=1e-4, type=float, help="its Adam lr (MV-MR: 1e-4)")
+    g.add_argument("--steps-per-epoch", default=0, type=int,
+                   help="cap on steps per epoch for smoke tests (0 = the whole dataset)")
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None
                       ) -> argparse.Namespace:
     """Two-stage parse (timm): a --config YAML sets defaults, then the command line overrides."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def is_dist() -> bool:
@@ -162,6 +162,14 @@ def init(local_rank: int | None, args: Any) -> None:
         dist.init_process_group(backend, init_method=init_method, world_size=args.world_size,
                                 rank=args.rank, timeout=timeout)
     setup_for_distributed(args.rank == 0)
+
+
+def ddp_wrapper(args: Any) -> Callable[[nn.Module], nn.Module] | None:
+    """DistributedDataParallel on this process's device, or None when there is one process."""
+    if args.world_size <= 1:
+        return None
+    device_ids = [args.gpu] if args.gpu is not None else None
+    return lambda module: nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def cleanup() -> None:
