@@ -8,7 +8,8 @@
 
 Views are side-major, `[t1 x ns, t2 x ns, local crops ...]` (STYLE B2). The op order is MoCo v3's
 (`main_moco.py`): RandomResizedCrop -> ColorJitter (p) -> Grayscale (p) -> GaussianBlur (p) ->
-Solarize (p) -> HorizontalFlip -> Normalize.
+Solarize (p) -> HorizontalFlip -> Normalize, with DSF's CIFAR RandAugment (p, off by default) right
+after the crop: RandomResizedCrop -> RandAugment (p) -> ColorJitter (p) -> ...
 
 Blur kernel: MoCo v3, DSF, SNCLR and PatchMix blur with PIL `GaussianBlur(radius=sigma)`, a
 Gaussian of std sigma with no fixed kernel. `ViewSpec.blur_kernel=None` therefore truncates at
@@ -48,6 +49,30 @@ _INTERPOLATIONS = {
     "bicubic": v2.InterpolationMode.BICUBIC,
 }
 
+# torchvision's `v2.RandAugment._AUGMENTATION_SPACE` (0.29), in its order (the op index of
+# `ViewParams.randaugment_ops`): name -> (magnitudes(num_bins, height, width) or None, signed)
+_RANDAUGMENT_SPACE: dict[str, tuple[Any, bool]] = {
+    "Identity": (None, False),
+    "ShearX": (lambda bins, h, w: torch.linspace(0.0, 0.3, bins), True),
+    "ShearY": (lambda bins, h, w: torch.linspace(0.0, 0.3, bins), True),
+    "TranslateX": (lambda bins, h, w: torch.linspace(0.0, 150.0 / 331.0 * w, bins), True),
+    "TranslateY": (lambda bins, h, w: torch.linspace(0.0, 150.0 / 331.0 * h, bins), True),
+    "Rotate": (lambda bins, h, w: torch.linspace(0.0, 30.0, bins), True),
+    "Brightness": (lambda bins, h, w: torch.linspace(0.0, 0.9, bins), True),
+    "Color": (lambda bins, h, w: torch.linspace(0.0, 0.9, bins), True),
+    "Contrast": (lambda bins, h, w: torch.linspace(0.0, 0.9, bins), True),
+    "Sharpness": (lambda bins, h, w: torch.linspace(0.0, 0.9, bins), True),
+    "Posterize": (
+        lambda bins, h, w: (8 - (torch.arange(bins) / ((bins - 1) / 4))).round().int(),
+        False,
+    ),
+    "Solarize": (lambda bins, h, w: torch.linspace(1.0, 0.0, bins), False),
+    "AutoContrast": (None, False),
+    "Equalize": (None, False),
+}
+_RANDAUGMENT_OPS = tuple(_RANDAUGMENT_SPACE)
+_RANDAUGMENT_BINS = 31  # torchvision's default num_magnitude_bins
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -56,6 +81,12 @@ class ViewSpec:
     `crop=False` means no augmentation at all: the image is only resized to `size` (the "original
     view" of MV-MR, see `resize_for_eval`). Probabilities are per sample. `solarize_threshold` is on
     the uint8 scale (PIL ImageOps.solarize inverts pixels >= 128).
+
+    `randaugment_p`, `randaugment_ops`, `randaugment_magnitude`: torchvision's
+    `RandAugment(num_ops, magnitude)` (31 magnitude bins, nearest interpolation, fill 0), applied
+    with probability `randaugment_p` right after the crop. From DSF's CIFAR recipe (Jeon789/DSF
+    `train_moco_cifar_multiview.py`, methods.md 5.4: "RandAugment p=0.5" with the defaults
+    num_ops=2, magnitude=9); off (p=0) by default, so the other recipes are unchanged.
     """
 
     size: int
@@ -72,13 +103,16 @@ class ViewSpec:
     blur_kernel: int | None = None
     solarize_p: float = 0.0
     solarize_threshold: int = 128
+    randaugment_p: float = 0.0
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise ValueError(f"ViewSpec.size must be positive, got {self.size}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"ViewSpec.interpolation must be one of {sorted(_INTERPOLATIONS)}")
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p", "randaugment_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"ViewSpec.{name} must be a probability, got {getattr(self, name)}"
@@ -86,6 +120,17 @@ class ViewSpec:
         if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
             raise ValueError(
                 f"ViewSpec.blur_kernel must be odd and positive, got {self.blur_kernel}"
+            )
+        if not isinstance(self.randaugment_ops, int) or self.randaugment_ops < 0:
+            raise ValueError(
+                f"ViewSpec.randaugment_ops must be a non-negative int, got {self.randaugment_ops}"
+            )
+        if not isinstance(self.randaugment_magnitude, int) or not (
+            0 <= self.randaugment_magnitude < _RANDAUGMENT_BINS
+        ):
+            raise ValueError(
+                f"ViewSpec.randaugment_magnitude must be an int in [0, {_RANDAUGMENT_BINS - 1}], "
+                f"got {self.randaugment_magnitude}"
             )
 
     @property
@@ -283,6 +328,9 @@ def _reference_view(spec: ViewSpec, mean: Sequence[float], std: Sequence[float])
                 antialias=True,
             )
         ]
+        if spec.randaugment_p > 0:
+            ra = v2.RandAugment(spec.randaugment_ops, spec.randaugment_magnitude)
+            ops.append(v2.RandomApply([ra], p=spec.randaugment_p))
         if spec.jitter_p > 0 and any(spec.jitter):
             ops.append(v2.RandomApply([v2.ColorJitter(*spec.jitter)], p=spec.jitter_p))
         if spec.gray_p > 0:
@@ -327,7 +375,11 @@ class ViewParams(NamedTuple):
     top/left/height/width: crop box (int64, pixels of the input). flip, jitter, gray, blur,
     solarize: bool masks (op applied). factors [n, 4]: brightness, contrast, saturation, hue.
     order [n, 4]: ColorJitter's op order, a permutation of 0..3 in that same numbering.
-    sigma [n]: blur std.
+    sigma [n]: blur std. randaugment [n]: bool mask (RandAugment applied); randaugment_ops
+    [n, num_ops]: the ops (int64 index into torchvision's RandAugment op list, `_RANDAUGMENT_OPS`),
+    applied in column order; randaugment_negate [n, num_ops]: bool, the magnitude is negated (only
+    read for the signed ops). A spec with randaugment_p == 0 gets an all-False mask and [n, 0]
+    op tensors, with no random draw.
     """
 
     top: Tensor
@@ -342,6 +394,9 @@ class ViewParams(NamedTuple):
     blur: Tensor
     sigma: Tensor
     solarize: Tensor
+    randaugment: Tensor
+    randaugment_ops: Tensor
+    randaugment_negate: Tensor
 
 
 def _rand(
@@ -409,7 +464,10 @@ def sample_params(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> ViewParams:
-    """Draw n independent sets of augmentation parameters of `spec` for images of height x width."""
+    """Draw n independent sets of augmentation parameters of `spec` for images of height x width.
+
+    The RandAugment parameters are drawn last, and only if spec.randaugment_p > 0, so that the
+    random stream of a spec without RandAugment does not depend on the RandAugment fields."""
     device = torch.device(device or "cpu")
     top, left, h, w = _sample_boxes(n, height, width, spec.scale, spec.ratio, generator, device)
     b, c, s, hue = spec.jitter
@@ -423,6 +481,18 @@ def sample_params(
         dim=1,
     )  # [n, 4]
     u = _rand((5, n), generator, device)
+    order = _rand((n, 4), generator, device).argsort(dim=1)  # a uniform random permutation
+    sigma = _uniform(spec.blur_sigma[0], spec.blur_sigma[1], n, generator, device)
+    if spec.randaugment_p > 0:  # after every other draw: the existing streams are unchanged
+        ra_mask = _rand((n,), generator, device) < spec.randaugment_p
+        k, n_ops = spec.randaugment_ops, len(_RANDAUGMENT_OPS)
+        # uniform op index (torch.randint(14) in torchvision); the clamp guards u * 14 -> 14.0
+        ops = (_rand((n, k), generator, device) * n_ops).long().clamp_(max=n_ops - 1)
+        negate = _rand((n, k), generator, device) < 0.5
+    else:  # no draw at all
+        ra_mask = torch.zeros(n, dtype=torch.bool, device=device)
+        ops = torch.zeros(n, 0, dtype=torch.long, device=device)
+        negate = torch.zeros(n, 0, dtype=torch.bool, device=device)
     return ViewParams(
         top=top,
         left=left,
@@ -431,11 +501,14 @@ def sample_params(
         flip=u[0] < spec.flip_p,
         jitter=u[1] < spec.jitter_p,
         factors=factors,
-        order=_rand((n, 4), generator, device).argsort(dim=1),  # a uniform random permutation
+        order=order,
         gray=u[2] < spec.gray_p,
         blur=u[3] < spec.blur_p,
-        sigma=_uniform(spec.blur_sigma[0], spec.blur_sigma[1], n, generator, device),
+        sigma=sigma,
         solarize=u[4] < spec.solarize_p,
+        randaugment=ra_mask,
+        randaugment_ops=ops,
+        randaugment_negate=negate,
     )
 
 
@@ -482,7 +555,8 @@ def crop_resize(x: Tensor, params: ViewParams, size: int, interpolation: str) ->
 
     x is [B, C, H, W] and params hold n = k * B samples (k views of the same batch, sample i uses
     image i % B); returns [n, C, size, size]. Separable resampling as two batched matmuls; the flip
-    reverses the output columns, which commutes with every later (pointwise or symmetric) op.
+    reverses the output columns, which commutes with every later (pointwise or symmetric) op except
+    RandAugment's geometric ops (`apply_params` then passes flip=False and flips after RandAugment).
     """
     B, C, H, W = x.shape
     rows = _resample_matrix(params.top, params.height, H, size, interpolation, x.dtype)  # [n,S,H]
@@ -552,6 +626,103 @@ def color_jitter(
     return x
 
 
+def _randaugment_magnitudes(magnitude: int, height: int, width: int) -> list[float]:
+    """Each RandAugment op's (unsigned) magnitude at bin `magnitude`, as torchvision computes it."""
+    out = []
+    for fn, _ in _RANDAUGMENT_SPACE.values():
+        out.append(0.0 if fn is None else float(fn(_RANDAUGMENT_BINS, height, width)[magnitude]))
+    return out
+
+
+def _via_uint8(x: Tensor, op: Any) -> Tensor:
+    """Apply a uint8 kernel to float images in [0, 1] (rounded to the uint8 grid, as the reference
+    path's images are)."""
+    q = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return op(q).to(x.dtype).div_(255)
+
+
+def _randaugment_op(x: Tensor, name: str, magnitude: float) -> Tensor:
+    """One RandAugment op on float images x [m, C, H, W] in [0, 1], all with the same signed
+    magnitude: torchvision's `v2.RandAugment` (`_apply_image_or_video_transform`) with nearest
+    interpolation and fill 0, through torchvision.transforms.v2.functional. Posterize and Equalize
+    go through uint8 (the float Posterize kernel quantises differently from the uint8 one)."""
+    nearest = v2.InterpolationMode.NEAREST
+    if name == "Identity":
+        return x
+    if name in ("ShearX", "ShearY"):
+        shear = math.degrees(math.atan(magnitude))
+        return TF.affine(
+            x,
+            angle=0.0,
+            translate=[0, 0],
+            scale=1.0,
+            shear=[shear, 0.0] if name == "ShearX" else [0.0, shear],
+            interpolation=nearest,
+            center=[0, 0],
+        )
+    if name in ("TranslateX", "TranslateY"):
+        shift = int(magnitude)  # truncation towards 0, as torchvision
+        return TF.affine(
+            x,
+            angle=0.0,
+            translate=[shift, 0] if name == "TranslateX" else [0, shift],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=nearest,
+        )
+    if name == "Rotate":
+        return TF.rotate(x, angle=magnitude, interpolation=nearest)
+    if name == "Brightness":
+        return TF.adjust_brightness(x, 1.0 + magnitude)
+    if name == "Color":
+        return TF.adjust_saturation(x, 1.0 + magnitude)
+    if name == "Contrast":
+        return TF.adjust_contrast(x, 1.0 + magnitude)
+    if name == "Sharpness":
+        return TF.adjust_sharpness(x, 1.0 + magnitude)
+    if name == "Posterize":
+        bits = int(magnitude)
+        return _via_uint8(x, lambda q: TF.posterize(q, bits))
+    if name == "Solarize":
+        return TF.solarize(x, threshold=1.0 * magnitude)  # bound 1.0 for float images
+    if name == "AutoContrast":
+        return TF.autocontrast(x)
+    if name == "Equalize":
+        return _via_uint8(x, TF.equalize)
+    raise ValueError(f"unknown RandAugment op {name}")
+
+
+def randaugment(x: Tensor, apply: Tensor, ops: Tensor, negate: Tensor, magnitude: int) -> Tensor:
+    """Per-sample RandAugment of x [n, C, H, W] in [0, 1]: sample i, where apply[i], gets the ops
+    ops[i, 0], ops[i, 1], ... (indices into `_RANDAUGMENT_OPS`) in that order, with torchvision's
+    magnitude at bin `magnitude` of 31 for the image size, negated where negate (signed ops only).
+
+    For each op slot, samples are grouped by (op, sign) (one magnitude per group, so one batched
+    torchvision call) and written back with index_copy: a loop over op kinds, never over samples;
+    one host sync per slot (the group sizes)."""
+    n_ops = len(_RANDAUGMENT_OPS)
+    if ops.shape[1] == 0 or not x.shape[0]:
+        return x
+    magnitudes = _randaugment_magnitudes(magnitude, x.shape[-2], x.shape[-1])
+    signed = torch.tensor([s for _, s in _RANDAUGMENT_SPACE.values()], device=x.device)
+    x = x.clone()
+    for k in range(ops.shape[1]):  # loop over the op slots, never over samples
+        op = ops[:, k]
+        key = torch.where(apply, op * 2 + (negate[:, k] & signed[op]).long(), 0)  # 0: Identity
+        counts = torch.bincount(key, minlength=2 * n_ops).tolist()  # the host sync of this slot
+        perm = key.argsort(stable=True)
+        start = counts[0] + counts[1]  # Identity (and not applied): unchanged
+        for group in range(2, 2 * n_ops):
+            count = counts[group]
+            if count == 0:
+                continue
+            idx = perm[start : start + count]
+            start += count
+            name, sign = _RANDAUGMENT_OPS[group // 2], -1.0 if group % 2 else 1.0
+            x.index_copy_(0, idx, _randaugment_op(x[idx], name, sign * magnitudes[group // 2]))
+    return x
+
+
 def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Per-sample Gaussian blur of x [n, C, H, W] (std sigma [n], reflect padding, as torchvision),
     as a separable grouped convolution; samples with apply=False get a delta kernel (exact copy)."""
@@ -570,8 +741,24 @@ def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> 
 
 def apply_params(x: Tensor, spec: ViewSpec, params: ViewParams) -> Tensor:
     """Augment a float batch x [B, 3, H, W] in [0, 1] with sampled params -> [n, 3, S, S] in [0, 1]
-    (n = k * B, see `crop_resize`), in MoCo v3's op order. No normalisation."""
-    y = crop_resize(x, params, spec.size, spec.interpolation)
+    (n = k * B, see `crop_resize`), in MoCo v3's op order (RandAugment after the crop, before the
+    colour jitter, as DSF's CIFAR recipe). No normalisation."""
+    if spec.randaugment_p > 0:
+        # RandAugment's shears/rotations/translations do not commute with the flip: flip after them
+        # (the remaining ops commute with it, so this is the reference's flip-last order)
+        y = crop_resize(
+            x, params._replace(flip=torch.zeros_like(params.flip)), spec.size, spec.interpolation
+        )
+        y = randaugment(
+            y,
+            params.randaugment,
+            params.randaugment_ops,
+            params.randaugment_negate,
+            spec.randaugment_magnitude,
+        )
+        y = torch.where(params.flip.view(-1, 1, 1, 1), y.flip(-1), y)
+    else:
+        y = crop_resize(x, params, spec.size, spec.interpolation)
     if spec.jitter_p > 0 and any(spec.jitter):
         y = color_jitter(y, params.jitter, params.factors, params.order, spec.jitter[3] > 0)
     if spec.gray_p > 0:

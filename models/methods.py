@@ -169,11 +169,12 @@ def mocov2_cifar_builder(args: argparse.Namespace, backbone: nn.Module,
 
 
 def mocov2_cifar_views(args: argparse.Namespace) -> list[ViewSpec]:
-    """One recipe for both branches (DSF train_moco_cifar*.py), minus RandAugment p=0.5."""
+    """One recipe for both branches (DSF train_moco_cifar*.py): crop, RandAugment (p = 0.5),
+    jitter, gray, blur, flip."""
     if args.method == "mocov2" and args.ns != 1:
         raise SystemExit("error: --method mocov2 takes one crop per branch (--ns 1)")
     spec = ViewSpec(args.img_size, scale=(args.crop_min, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
-                    jitter_p=0.8, gray_p=0.2, blur_p=0.5)
+                    jitter_p=0.8, gray_p=0.2, blur_p=0.5, randaugment_p=args.randaugment_p)
     return [spec] * (2 * args.ns)
 
 
@@ -264,6 +265,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric", default=False, type=bool_flag,
                    help="also score branch 2 -> branch 1 (default: False, the official "
                         "x1 -> x2 only; True costs 2x the compute)")
+    g.add_argument("--randaugment-p", default=0.5, type=float,
+                   help="probability of torchvision's RandAugment (2 ops, magnitude 9) after the "
+                        "crop (default: 0.5, DSF's CIFAR transform; 0 = off)")
     g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
     g.add_argument("--proj-hidden-dim", default=2048, type=int,
                    help="hidden width of the SimCLR projector (solo-learn: 2048)")
