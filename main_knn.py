@@ -33,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--random-init", action="store_true",
                    help="evaluate a randomly initialised encoder (the baseline a run must beat)")
     g.add_argument("-a", "--arch", default="resnet50", help="backbone when it is not in the checkpoint")
+    g.add_argument("--method", default=None, help="with --random-init: that method's backbone "
+                                                  "variant (MV-MR keeps the ResNet max-pool)")
     g.add_argument("--width", default=64, type=int)
     g.add_argument("--img-size", default=None, type=int)
     g.add_argument("--patch-size", default=None, type=int)
@@ -63,7 +65,7 @@ def build_encoder(args):
         field = {"projector": lambda o: o.z[0], "subnet": lambda o: o.extras["subnet"][0]}[features]
         return lambda x: field(model([x])), run
     run = {"arch": args.arch, "width": args.width, "img_size": args.img_size,
-           "patch_size": args.patch_size}
+           "patch_size": args.patch_size, "method": args.method}
     state = None
     if not args.random_init:
         state, saved = load_backbone(args.pretrained, prefer=args.encoder)

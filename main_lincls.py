@@ -35,6 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default="", help="checkpoint of main_pretrain.py or moco-v3/DSF")
     g.add_argument("--random-init", action="store_true", help="probe a random encoder (baseline)")
     g.add_argument("-a", "--arch", default="resnet50")
+    g.add_argument("--method", default=None,
+                   help="with --random-init: that method's backbone variant (MV-MR: max-pool kept)")
     g.add_argument("--width", default=64, type=int)
     g.add_argument("--img-size", default=None, type=int)
     g.add_argument("--patch-size", default=None, type=int)

@@ -273,6 +273,7 @@ def main_sh_pretrain_lines() -> dict[str, list[str]]:
 
 
 RECIPES = main_sh_pretrain_lines()
+RECIPES.pop("bundled")  # runs configs/bundled/METHOD.yaml for any method: tested below
 
 
 def pretrain_args(argv: list[str]) -> argparse.Namespace:
@@ -307,3 +308,23 @@ def test_config_with_an_unknown_key_is_an_error(tmp_path):
     bad.write_text("method: simclr\nbatchsize: 256\n")
     with pytest.raises(SystemExit):
         pretrain_args(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "bundled", "*.yaml"))))
+def test_bundled_configs_parse_and_name_their_method(path):
+    """`bash main.sh bundled METHOD` runs configs/bundled/METHOD.yaml (tests/test_end_to_end.py
+    pretrains with it): a key that no flag has, or a method other than the file name, is an error."""
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    assert not set(raw) & SITE, f"{path}: site flags belong on the command line"
+    args = pretrain_args(["--config", path])
+    assert args.method == os.path.basename(path)[:-5] and args.dataset == "fashion_mnist"
+    assert args.epochs * (args.train_subset // args.batch_size) == 150  # the budget README quotes
+
+
+def test_every_method_has_a_bundled_recipe():
+    from models.methods import METHODS
+
+    bundled = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "configs", "bundled",
+                                                                          "*.yaml"))}
+    assert bundled == set(METHODS)
