@@ -51,8 +51,43 @@ test() {
 }
 
 results() {  # every run under $OUT beside the papers' numbers (Markdown + JSON), and training curves
+    # (bundled runs: bash main.sh results --knn-k 200, their kNN protocol)
     "$PY" tools/results_table.py "$OUT" --json "$OUT/results_table.json" "$@" | tee "$OUT/results_table.md"
-    "$PY" tools/plots.py "$OUT"/*/ --out "$OUT/plots"
+    local runs
+    mapfile -t runs < <(find "$OUT" -name log.txt -printf '%h\n' | sort)  # every run directory
+    "$PY" tools/plots.py "${runs[@]}" --out "$OUT/plots"
+}
+
+bundled() {  # bash main.sh bundled METHOD|all [SEED...]: every method on the bundled data (CPU)
+    local method=${1:?usage: bash main.sh bundled METHOD|all [SEED...]  (configs/bundled/*.yaml)}
+    shift
+    local seeds=("${@:-0}")
+    setup_venv requirements.txt
+    fetch_fashion_mnist
+    if [ "$method" = all ]; then
+        for config in configs/bundled/*.yaml; do bundled "$(basename "$config" .yaml)" "${seeds[@]}"; done
+        return
+    fi
+    if [ ! -f "configs/bundled/$method.yaml" ]; then
+        echo "error: no configs/bundled/$method.yaml; choose from: all $(ls configs/bundled | sed 's/\.yaml//' | tr '\n' ' ')" >&2
+        exit 2
+    fi
+    local seed out
+    for seed in "${seeds[@]}"; do
+        out=$OUT/bundled/$method/seed$seed
+        "$PY" main_pretrain.py --config "configs/bundled/$method.yaml" --seed "$seed" \
+            --data "$FMNIST_DIR" --resume auto --results_dir "$out"
+        # kNN on a sparse bank (2000 training images, k = 200): with the dense 60k bank a random
+        # encoder is nearly as good as pixels on Fashion-MNIST and hides learning (README, Tests)
+        for enc in "--pretrained $out/checkpoint_0003_000000.pth.tar" \
+                   "--random-init --method $method -a resnet18 --width 16"; do
+            "$PY" main_knn.py $enc --seed "$seed" --dataset fashion_mnist --data "$FMNIST_DIR" \
+                --train-subset 2000 --val-subset 2000 --nb-knn 20 200 --results_dir "$out"
+            # linear probe on cached features of 10000 training images, 10 epochs (CPU-sized)
+            "$PY" main_lincls.py $enc --seed "$seed" --dataset fashion_mnist --data "$FMNIST_DIR" \
+                --train-subset 10000 --cache-features true --epochs 10 --lr 1 --results_dir "$out"
+        done
+    done
 }
 
 # ---------------------------------------------------------------- MoCo v3 (facebookresearch/moco-v3)
@@ -164,7 +199,7 @@ beclr_in1k_r50() {  # main_imgnet.py: batch 800, Adam 1e-4, 200 epochs, T 0.1, K
 mvmr_stl10_r50() {  # R50, 1000 epochs, batch 256, Adam 1e-4 wd 1e-6, fp16; linear 89.67 (README)
     python main_pretrain.py --method mvmr -a resnet50 --dataset stl10 --data "$DATA" -b 256 \
         --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --proj-dims 8192-8192-8192 --std-margin 1 --results_dir "$OUT/mvmr_stl10"
+        --amp fp16 --online-probe true --proj-dims 8192-8192-8192 --std-margin 1 --results_dir "$OUT/mvmr_stl10"
     python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset stl10 --data "$DATA" \
         --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_stl10"
 }
@@ -172,7 +207,7 @@ mvmr_stl10_r50() {  # R50, 1000 epochs, batch 256, Adam 1e-4 wd 1e-6, fp16; line
 mvmr_cifar20_r50() {  # batch 512, Adam 2e-4 (= 1e-4 x 512/256); linear 73.2 (README)
     python main_pretrain.py --method mvmr -a resnet50 --dataset cifar20 --data "$DATA" -b 512 \
         --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --results_dir "$OUT/mvmr_cifar20"
+        --amp fp16 --online-probe true --results_dir "$OUT/mvmr_cifar20"
     python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset cifar20 --data "$DATA" \
         --pretrained "$OUT/mvmr_cifar20/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_cifar20"
 }
@@ -180,7 +215,7 @@ mvmr_cifar20_r50() {  # batch 512, Adam 2e-4 (= 1e-4 x 512/256); linear 73.2 (RE
 mvmr_in1k_r50() {  # official 256 x 8 accumulation, lr 1e-4 unscaled, 100 epochs; linear 74.5 (README)
     python main_pretrain.py --method mvmr -a resnet50 --dataset imagenet --data "$DATA" -b 2048 \
         --optimizer adam --lr 1.25e-5 --weight-decay 1e-6 --epochs 100 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --results_dir "$OUT/mvmr_in1k" \
+        --amp fp16 --online-probe true --results_dir "$OUT/mvmr_in1k" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_lincls.py -a resnet50 --lr .1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
         --pretrained "$OUT/mvmr_in1k/checkpoint_0100_000000.pth.tar" --results_dir "$OUT/mvmr_in1k" \
@@ -219,6 +254,8 @@ snclr_in1k_vits() {  # official start.sh: ViT-S, 4 nodes x 8 GPUs (set --rank pe
 }
 
 # ---------------------------------------------------------------- PatchMix (visresearch/patchmix)
+# Official lr = config lr x batch/256, as ours: --lr is the config's lr. Linear probe lr per
+# config/linear/vit_{tiny,small,base}_linear.py: 0.05, 0.02, 0.01 (x bs/256).
 patchmix_in1k_vits() {  # ViT-S/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 crops; README linear 77.4, kNN 73.3
     python main_pretrain.py --method patchmix -a vit_small --patch-size 16 -b 1024 --optimizer adamw \
         --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 --exclude-norm-bias true \
@@ -235,9 +272,90 @@ patchmix_in1k_vits() {  # ViT-S/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 cr
         --results_dir "$OUT/patchmix_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
-# ViT-B/16: the same with -a vit_base --lr 7.5e-4 (README linear 80.2, kNN 76.2).
 
-patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kNN 75.4 (cifar10: 96.0 / 94.6)
+patchmix_in1k_vitb() {  # ViT-B/16, the same with lr 7.5e-4 (vit_base_pretrain.py); README linear 80.2, kNN 76.2
+    python main_pretrain.py --method patchmix -a vit_base --patch-size 16 -b 1024 --optimizer adamw \
+        --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 --exclude-norm-bias true \
+        --epochs 300 --warmup-epochs 10 --drop-path 0.1 --moco-m 0.996 --moco-m-cos \
+        --momentum-per-epoch true --moco-t 0.2 --crop-min 0.35 --local-crops 8 --local-crop-size 96 \
+        --local-crop-min 0.05 --mix-num 2 --mix-size 16 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
+        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vitb" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" --encoder momentum \
+        --nb-knn 10 20 100 200 --temperature 0.07 --dataset imagenet --data "$DATA" \
+        --results_dir "$OUT/patchmix_vitb"
+    python main_lincls.py -a vit_base --encoder momentum --lr 0.01 -b 1024 --epochs 100 \
+        --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_vitb" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+patchmix_cifar10_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; README linear 94.4, kNN 92.9
+    # vit_tiny_pretrain.py: lr 2e-3, wd 0.02 -> 0.2, use_moco False (moco_m unused); evaluated: online encoder
+    python main_pretrain.py --method patchmix -a vit_tiny --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 2e-3 --min-lr 1e-6 --weight-decay 0.02 --weight-decay-end 0.2 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --momentum-encoder false \
+        --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" \
+        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vitt"
+    python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
+        --epochs 100 --dataset cifar10 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vitt"
+}
+
+patchmix_cifar10_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 96.0, kNN 94.6
+    python main_pretrain.py --method patchmix -a vit_small --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
+        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
+        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar10 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vits" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" \
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vits"
+    python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
+        --epochs 100 --dataset cifar10 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vits"
+}
+
+patchmix_cifar10_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 96.6, kNN 95.8
+    # assumed: the README row used vit_base_pretrain.py's CIFAR branch (lr 7.5e-4; as committed it selects imagenet1k)
+    python main_pretrain.py --method patchmix -a vit_base --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
+        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
+        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar10 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vitb" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" \
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vitb"
+    python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
+        --epochs 100 --dataset cifar10 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vitb"
+}
+
+patchmix_cifar100_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; README linear 74.7, kNN 68.8
+    # vit_tiny_pretrain.py: lr 2e-3, wd 0.02 -> 0.2, use_moco False (moco_m unused); evaluated: online encoder
+    python main_pretrain.py --method patchmix -a vit_tiny --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 2e-3 --min-lr 1e-6 --weight-decay 0.02 --weight-decay-end 0.2 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --momentum-encoder false \
+        --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" \
+        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vitt"
+    python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
+        --epochs 100 --dataset cifar100 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vitt"
+}
+
+patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kNN 75.4
     python main_pretrain.py --method patchmix -a vit_small --patch-size 2 --img-size 32 -b 512 \
         --optimizer adamw --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
         --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
@@ -252,8 +370,23 @@ patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kN
         --epochs 100 --dataset cifar100 --data "$DATA" \
         --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vits"
 }
-# CIFAR-10: --dataset cifar10. ViT-T/2 CIFAR-100 (README 74.7 / 68.8): -a vit_tiny --lr 2e-3
-#   --weight-decay 0.02 --weight-decay-end 0.2 --momentum-encoder false, and evaluate with --encoder online.
+
+patchmix_cifar100_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 79.7, kNN 75.7
+    # assumed: the README row used vit_base_pretrain.py's CIFAR branch (lr 7.5e-4; as committed it selects imagenet1k)
+    python main_pretrain.py --method patchmix -a vit_base --patch-size 2 --img-size 32 -b 512 \
+        --optimizer adamw --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
+        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
+        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
+        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar100 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vitb" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    python main_knn.py --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" \
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vitb"
+    python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
+        --epochs 100 --dataset cifar100 --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vitb"
+}
 
 case "${1:-}" in
     ""|-h|--help) sed -n '2,7p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test|results)$' | sed 's/^/  /' ;;
