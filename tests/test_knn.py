@@ -1,0 +1,72 @@
+"""utils.knn: the weighted kNN vote against a naive per-sample loop, chunking, and feature extraction."""
+
+import math
+
+import pytest
+import torch
+
+from utils.knn import encoder_in_eval, extract_features, knn_classify
+
+
+def naive_knn(train_f, train_y, test_f, test_y, k, temperature, num_classes):
+    """Per test sample: cosine to every training feature, the k largest, exp(s / T) summed per class."""
+    correct = 0
+    for x, truth in zip(test_f.tolist(), test_y.tolist(), strict=True):
+        sims = []
+        for f, y in zip(train_f.tolist(), train_y.tolist(), strict=True):
+            dot = sum(a * b for a, b in zip(x, f, strict=True))
+            norms = math.sqrt(sum(a * a for a in x)) * math.sqrt(sum(b * b for b in f))
+            sims.append((dot / norms, y))
+        sims.sort(key=lambda s: -s[0])
+        scores = [0.0] * num_classes
+        for s, y in sims[:k]:
+            scores[y] += math.exp(s / temperature)
+        correct += int(max(range(num_classes), key=lambda c: scores[c]) == truth)
+    return 100.0 * correct / len(test_y)
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    train_y, test_y = torch.randint(0, 5, (120,), generator=g), torch.randint(0, 5, (40,), generator=g)
+    train_f = centres[train_y] + 1.2 * torch.randn(120, 8, generator=g, dtype=torch.float64)
+    test_f = centres[test_y] + 1.2 * torch.randn(40, 8, generator=g, dtype=torch.float64)
+    return train_f, train_y, test_f, test_y
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_vote_equals_the_naive_loop(clusters, temperature):
+    ks = [1, 5, 20, 120]
+    ours = knn_classify(*clusters, ks=ks, temperature=temperature, num_classes=5)
+    for k in ks:
+        assert ours[k] == naive_knn(*clusters, k, temperature, 5), k
+    assert 20.0 < ours[20] < 100.0  # a test where the vote matters, not a trivial 0 or 100
+
+
+def test_chunking_and_k_larger_than_the_bank(clusters):
+    full = knn_classify(*clusters, ks=[10, 500], num_classes=5)
+    assert set(full) == {10, 120}  # k is capped at the bank size
+    for chunk in (1, 7, 1000):
+        assert knn_classify(*clusters, ks=[10, 500], num_classes=5, chunk_size=chunk) == full
+
+
+def test_custom_similarity_replaces_the_cosine(clusters):
+    train_f, train_y, test_f, test_y = clusters
+    # negative squared distance: ranks like the Euclidean nearest neighbours
+    euclid = knn_classify(*clusters, ks=[1], num_classes=5,
+                          similarity=lambda a, b: -torch.cdist(a, b) ** 2)
+    nearest = torch.cdist(test_f, train_f).argmin(1)
+    assert euclid[1] == 100.0 * (train_y[nearest] == test_y).double().mean().item()
+
+
+def test_extract_features_places_rows_by_index_and_restores_the_mode():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    images, labels = torch.randn(10, 3), torch.arange(10) % 3
+    order = torch.randperm(10)
+    loader = [(images[order[i:i + 4]], labels[order[i:i + 4]], order[i:i + 4]) for i in (0, 4, 8)]
+    feats, ys = extract_features(encoder_in_eval(net), loader, 10, torch.device("cpu"))
+    assert net.training  # put back in train mode after each batch
+    net.eval()
+    torch.testing.assert_close(feats, net(images))
+    assert torch.equal(ys, labels)
