@@ -83,9 +83,9 @@ bundled() {  # bash main.sh bundled METHOD|all [SEED...]: every method on the bu
                    "--random-init --method $method -a resnet18 --width 16"; do
             "$PY" main_knn.py $enc --seed "$seed" --dataset fashion_mnist --data "$FMNIST_DIR" \
                 --train-subset 2000 --val-subset 2000 --nb-knn 20 200 --results_dir "$out"
-            # linear probe on cached features of 10000 training images, 10 epochs (CPU-sized)
+            # linear probe on cached (un-augmented) features, 10 epochs (CPU-sized)
             "$PY" main_lincls.py $enc --seed "$seed" --dataset fashion_mnist --data "$FMNIST_DIR" \
-                --train-subset 10000 --cache-features true --epochs 10 --lr 1 --results_dir "$out"
+                --cache-features true --epochs 10 --lr 0.1 --results_dir "$out"
         done
     done
 }

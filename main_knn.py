@@ -6,7 +6,6 @@
 
 import argparse
 import json
-import os
 import time
 
 import torch
@@ -99,7 +98,6 @@ def main_worker(gpu, args):
     for k, a in acc.items():
         print(f"{args.similarity} kNN (k={k}, T={args.temperature}) top-1: {a:.2f}")
     if dist.is_main_process():
-        os.makedirs(args.results_dir, exist_ok=True)
         name = "knn_random_init" if args.random_init else "knn"
         args.method, args.arch = run.get("method"), run["arch"]
         write_results(args.results_dir, name, args, {"top1": {str(k): v for k, v in acc.items()},

@@ -10,7 +10,6 @@ per-epoch cosine lr with lr = base x batch / 256. DSF's evaluation is ``--lr 30 
 import argparse
 import copy
 import math
-import os
 import time
 
 import torch
@@ -115,7 +114,6 @@ def main_worker(gpu, args):
         print(f"epoch {epoch + 1}/{args.epochs} loss {loss:.4f} top-1 {top1:.2f} top-5 {top5:.2f}")
     sanity_check(encode.state_dict(), frozen)
     if dist.is_main_process():
-        os.makedirs(args.results_dir, exist_ok=True)
         args.method, args.arch = run.get("method"), run["arch"]
         write_results(args.results_dir, "linear_random_init" if args.random_init else "linear",
                       args, {"top1": top1, "top5": top5}, time.time() - t0)

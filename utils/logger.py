@@ -43,6 +43,8 @@ class RunLogger:
         self.enabled = enabled
         self.path = os.path.join(results_dir, filename)
         self.writer = None
+        if enabled:  # an evaluation into a new directory must not fail at its first log line
+            os.makedirs(results_dir, exist_ok=True)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

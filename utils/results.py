@@ -17,6 +17,7 @@ from utils.misc import git_sha
 def write_results(results_dir: str, kind: str, args: Any, metrics: dict, wall_time: float) -> str:
     """Write (or update) results_dir/results.json with a `kind` section; returns the path."""
     path = os.path.join(results_dir, "results.json")
+    os.makedirs(results_dir, exist_ok=True)
     record: dict[str, Any] = {}
     if os.path.isfile(path):
         with open(path) as f:
