@@ -9,9 +9,7 @@ Read top to bottom: arguments, launch, main_worker (data -> model -> loss -> opt
 """
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 
@@ -33,13 +31,13 @@ from utils.checkpoint import (
     training_state,
 )
 from utils.knn import encoder_in_eval, extract_features, knn_classify
-from utils.logger import MetricAverager, RunLogger, format_metrics
-from utils.misc import bool_flag, git_sha, seed_everything
+from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
+from utils.misc import bool_flag, seed_everything
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
-from utils.schedules import cosine_schedule, momentum_schedule
+from utils.schedules import training_schedules
 from utils.training import NonFiniteError, amp_context, build_scaler, check_finite
 
 # a checkpoint saved with other values of these cannot continue this run
@@ -129,11 +127,7 @@ def main_worker(gpu, args):
     args.lr_effective = args.lr * args.batch_size / 256
     if args.seed is not None:
         seed_everything(args.seed + args.rank)
-    os.makedirs(args.results_dir, exist_ok=True)
-    print(f"git {git_sha()}\n" + "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
-    if dist.is_main_process():
-        with open(os.path.join(args.results_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=1, default=str)
+    log_run_args(args, dist.is_main_process())
     method = METHODS[args.method]
 
     # ============ data ============
@@ -163,13 +157,7 @@ def main_worker(gpu, args):
                                                              args.exclude_norm_bias),
                                 args.lr_effective, args.weight_decay, args.momentum)
     scaler = build_scaler(args)
-    lr_sched = cosine_schedule(args.lr_effective, args.min_lr, args.epochs, iters,
-                               args.warmup_epochs)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_sched = cosine_schedule(args.weight_decay, wd_end, args.epochs, iters)
-    m_sched = momentum_schedule(args.moco_m, args.epochs, iters, args.moco_m_cos,
-                                args.momentum_per_epoch)
-    schedules = {"lr": lr_sched, "wd": wd_sched, "m": m_sched}
+    schedules = training_schedules(args, iters)
 
     # ============ resume ============
     parts = {"model": model_without_ddp, "criterion": criterion, "optimizer": optimizer,
@@ -181,6 +169,9 @@ def main_worker(gpu, args):
         check_compatible(ckpt, args, path, RUN_KEYS)
         start = restore_training_state(ckpt, parts, args.rank)
         print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
+        if start["epoch"] >= args.epochs:  # keep the finished run's results.json as it is
+            print(f"nothing to do: {path} is the end of this {args.epochs}-epoch run")
+            return dist.cleanup()
 
     def save(epoch: int, step: int) -> None:
         state = training_state(parts, epoch, step, args, start["nonfinite_skipped"])

@@ -106,6 +106,11 @@ def test_knn_lincls_resume_and_results(tmp_path):
                  "--resume", "auto", "--results_dir", out)
     assert "resumed from" in stdout and "checkpoint_0002_000000" in stdout
     assert "epoch 3/3" in stdout and "epoch 1/3" not in stdout
+    finished = results(out)["pretrain"]
+    again = run("main_pretrain.py", *bundled("simclr"), *TINY, "-b", "128", "--knn-freq", "0",
+                "--epochs", "3", "--steps-per-epoch", "20", "--train-subset", "2560",
+                "--resume", "auto", "--results_dir", out)
+    assert "nothing to do" in again and results(out)["pretrain"] == finished  # not clobbered
     ckpt = os.path.join(out, "checkpoint_0003_000000.pth.tar")
     run("main_lincls.py", "--pretrained", ckpt, *SUBSETS, "--dataset", "fashion_mnist", "--data",
         FMNIST, "--epochs", "3", "--lr", "1", "--cache-features", "true", "--results_dir", out)

@@ -8,6 +8,17 @@ from collections import defaultdict
 
 import torch
 
+from utils.misc import git_sha
+
+
+def log_run_args(args, main_process: bool) -> None:
+    """Print the commit and every argument, and (main process) save them as args.json."""
+    os.makedirs(args.results_dir, exist_ok=True)
+    print(f"git {git_sha()}\n" + "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+    if main_process:
+        with open(os.path.join(args.results_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1, default=str)
+
 
 class MetricAverager:
     """Accumulates detached tensors on the device; reads them back (one sync) only when asked."""

@@ -37,3 +37,16 @@ def momentum_schedule(m0: float, epochs: int, iters_per_epoch: int, cosine: bool
     it = np.arange(total, dtype=np.float64)
     t = it // iters_per_epoch + 1.0 / iters_per_epoch if per_epoch else it / iters_per_epoch
     return 1.0 - 0.5 * (1.0 + np.cos(math.pi * t / epochs)) * (1.0 - m0)
+
+
+def training_schedules(args, iters_per_epoch: int) -> dict[str, np.ndarray]:
+    """main_pretrain.py's per-iteration lr (warmup + cosine to --min-lr), weight decay (cosine to
+    --weight-decay-end, constant by default) and EMA momentum (--moco-m, --moco-m-cos)."""
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    return {
+        "lr": cosine_schedule(args.lr_effective, args.min_lr, args.epochs, iters_per_epoch,
+                              args.warmup_epochs),
+        "wd": cosine_schedule(args.weight_decay, wd_end, args.epochs, iters_per_epoch),
+        "m": momentum_schedule(args.moco_m, args.epochs, iters_per_epoch, args.moco_m_cos,
+                               args.momentum_per_epoch),
+    }
