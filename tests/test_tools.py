@@ -185,6 +185,8 @@ def test_plots_write_pngs_of_the_fixed_size(tmp_path):
 def test_plot_run_names_stay_unique():
     assert plots.run_names(["x/run", "y/run/"]) == ["x_run", "y_run"]
     assert plots.run_names(["runs/a b", "runs/c"]) == ["a_b", "c"]
+    assert plots.run_names(["o/bundled/dsf/seed0", "o/bundled/simclr/seed0", "o/bundled/dsf/seed1"]
+                           ) == ["dsf_seed0", "simclr_seed0", "dsf_seed1"]
 
 
 # ============ retrieval grid (on a real tiny checkpoint) ============

@@ -103,11 +103,13 @@ def plot_overlay(runs: dict[str, list[dict[str, Any]]], out: str) -> str:
 
 
 def run_names(run_dirs: list[str]) -> list[str]:
-    """File-safe names: the directory's basename, or its whole path when basenames collide."""
-    paths = [os.path.normpath(d) for d in run_dirs]
-    names = [os.path.basename(p) for p in paths]
-    if len(set(names)) < len(names):
-        names = [p.strip(os.sep) for p in paths]
+    """File-safe names: the shortest tail of the paths (basename, then parent/basename, ...) that
+    tells the runs apart, e.g. `simclr/seed0` and `dsf/seed0`."""
+    parts = [os.path.normpath(d).strip(os.sep).split(os.sep) for d in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = [os.sep.join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
     return [re.sub(r"[^\w.-]+", "_", n) or "run" for n in names]
 
 
