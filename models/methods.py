@@ -326,7 +326,7 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                    default="pixels,scatnet,augment,hog,std",
                    type=lambda s: [n for n in s.split(",") if n],
                    help="comma list from data/representations.py (default: the official five; "
-                        "scatnet needs kymatio: pip install -r requirements-optional.txt; "
+                        "scatnet needs kymatio (in requirements.txt); "
                         "hog_linear / augment_per_image turn the oddities off)")
     g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
                    help="3x3/1 conv1 with max-pool kept (official small_kernel; default: "
