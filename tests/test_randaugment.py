@@ -37,12 +37,7 @@ RA_ONLY = ViewSpec(16, scale=(1, 1), ratio=(1, 1), flip_p=0.5, jitter_p=0, gray_
                    randaugment_p=1.0, randaugment_ops=1)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:

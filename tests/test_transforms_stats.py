@@ -31,13 +31,7 @@ KS_P_MIN = 1e-3  # a seeded KS test: a real mismatch gives p ~ 1e-10 at these sa
 MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra threads only add overhead on the shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _image(h=16, w=16, seed=0) -> torch.Tensor:
