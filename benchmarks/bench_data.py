@@ -14,10 +14,9 @@ fields so that they compress and decode like photographs, not like noise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from benchmarks.common import markdown_table, ratio, report, write_json
-from data import transforms
 from data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -108,44 +106,6 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
 
 
 # ============ candidate changes to data/transforms.py, measured here ============
-
-
-def color_jitter_hue_subset(
-    x: Tensor, apply: Tensor, factors: Tensor, order: Tensor, with_hue: bool = True
-) -> Tensor:
-    """transforms.color_jitter with the hue op run only on the samples whose hue falls in the
-    current op slot (once per sample instead of 4 times on the whole batch); same output."""
-
-    def per_sample(t: Tensor) -> Tensor:
-        return t.view(-1, 1, 1, 1)
-
-    for k in range(4):
-        op = torch.where(apply, order[:, k], -1)  # [n]; -1 = not jittered
-        f = factors.gather(1, order[:, k : k + 1]).squeeze(1)
-        gray = transforms._grayscale(x)
-        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        target = torch.where(
-            per_sample(op == 2),
-            gray,
-            torch.where(per_sample(op == 1), mean, torch.zeros_like(gray)),
-        )
-        ratio_ = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
-        x = (ratio_ * x + (1 - ratio_) * target).clamp_(0.0, 1.0)
-        if with_hue:
-            idx = (op == 3).nonzero().squeeze(1)  # note: a host sync on GPU, 4 per view group
-            x = x.index_copy(0, idx, transforms._shift_hue(x[idx], f[idx]))
-    return x
-
-
-@contextlib.contextmanager
-def hue_on_subset() -> Iterator[None]:
-    """Swap the candidate into data.transforms (apply_params looks color_jitter up there)."""
-    original = transforms.color_jitter
-    transforms.color_jitter = color_jitter_hue_subset
-    try:
-        yield
-    finally:
-        transforms.color_jitter = original
 
 
 class PILBlur:
@@ -227,8 +187,6 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
             "V": len(specs),
             "ours batched": batched_rate(images, augment, 256, seconds),
         }
-        with hue_on_subset():
-            row["ours batched, hue subset*"] = batched_rate(images, augment, 256, seconds)
         for w in (0, workers):
             ref = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)
             row[f"ours per-sample w={w}"] = loader_rate(
@@ -241,7 +199,6 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
         )
         best_peer = max(row["lightly w=0"], row[f"lightly w={workers}"])
         row["batched/lightly best"] = ratio(row["ours batched"], best_peer)
-        row["hue subset*/lightly best"] = ratio(row["ours batched, hue subset*"], best_peer)
         row[f"per-sample/lightly w={workers}"] = ratio(
             row[f"ours per-sample w={workers}"], row[f"lightly w={workers}"]
         )
@@ -328,9 +285,8 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
         ),
         f"224 px: {n_files} JPEGs of 256-400 px (quality 90), ImageFolder + PIL decode",
         (
-            "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'hue "
-            "subset' runs the hue op only on the samples whose hue is in the current jitter slot "
-            "(identical output); 'PIL' runs the reference views on the PIL image with PIL's "
+            "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'PIL' "
+            "runs the reference views on the PIL image with PIL's "
             "GaussianBlur(radius=sigma) (the official seeds' blur) and converts to a tensor last"
         ),
     ]
@@ -344,8 +300,7 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
             "target": "data path >= 2x per-view PIL (lightly) at ns = 4, 32 px",
             "measured": f"{ns4['batched/lightly best']:.2f}x",
             "met": ns4["batched/lightly best"] >= 2,
-            "note": f"{ns4['hue subset*/lightly best']:.2f}x with the hue-subset candidate "
-            "(data/transforms.py color_jitter)",
+            "note": "",
         }
     ]
     return report("Data path", tables, notes), found
