@@ -32,7 +32,7 @@ from utils.checkpoint import (
 )
 from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
-from utils.misc import bool_flag, seed_everything
+from utils.misc import bool_flag, probability, seed_everything
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
@@ -62,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ViT patch size (default: 16 at >= 128 px, else 4)")
     g.add_argument("--stop-grad-conv1", action="store_true",
                    help="freeze the ViT patch projection at its random init (MoCo v3)")
-    g.add_argument("--drop-path", default=0.0, type=float, help="ViT stochastic depth (online only)")
+    g.add_argument("--drop-path", default=0.0, type=probability,
+                   help="ViT stochastic depth (online only)")
     g = parser.add_argument_group("MoCo v3 (shared by the momentum methods)")
     g.add_argument("--moco-dim", default=256, type=int, help="embedding dimension (default: 256)")
     g.add_argument("--moco-mlp-dim", default=4096, type=int, help="hidden MLP width (default: 4096)")
@@ -171,7 +172,8 @@ def main_worker(gpu, args):
         print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
         if start["epoch"] >= args.epochs:  # keep the finished run's results.json as it is
             print(f"nothing to do: {path} is the end of this {args.epochs}-epoch run")
-            return dist.cleanup()
+            dist.cleanup()
+            return
 
     def save(epoch: int, step: int) -> None:
         state = training_state(parts, epoch, step, args, start["nonfinite_skipped"])

@@ -35,7 +35,7 @@ from models.nnclr import nnclr_heads
 from models.patchmix import PatchMixMoCo
 from models.simclr import SimCLR
 from utils.checkpoint import load_checkpoint
-from utils.misc import bool_flag
+from utils.misc import bool_flag, probability
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric", default=False, type=bool_flag,
                    help="also score branch 2 -> branch 1 (default: False, the official "
                         "x1 -> x2 only; True costs 2x the compute)")
-    g.add_argument("--randaugment-p", default=0.5, type=float,
+    g.add_argument("--randaugment-p", default=0.5, type=probability,
                    help="probability of torchvision's RandAugment (2 ops, magnitude 9) after the "
                         "crop (default: 0.5, DSF's CIFAR transform; 0 = off)")
     g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
@@ -298,7 +298,7 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--subnet-hidden", "--layer_size", dest="subnet_hidden", default=None, type=int,
                    help="hidden width H of each Linear(128,H)-ReLU-Dropout-Linear(H,1) (default: 512 "
                         "CIFAR/STL, 100 ImageNet; the official --layer_size could not be set from its CLI)")
-    g.add_argument("--subnet-dropout", default=0.2, type=float,
+    g.add_argument("--subnet-dropout", default=0.2, type=probability,
                    help="dropout in each sub-network (official 0.2: makes phi random in train mode)")
     g.add_argument("--sigma", default=0.9, type=float,
                    help="Bregman bandwidth, s = exp(-d / 2 sigma^2) (training 0.9; the official kNN "
@@ -338,14 +338,14 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                    help="side in pixels of a mixed patch (official: the ViT patch size, 16 at "
                         "224 px, 2 at 32 px). Default: --patch-size for ViTs, ceil(img_size / 16) "
                         "for ResNets. Must divide every crop size, local crops included")
-    g.add_argument("--mix-p", "--mix_p", dest="mix_p", default=1.0, type=float,
+    g.add_argument("--mix-p", "--mix_p", dest="mix_p", default=1.0, type=probability,
                    help="probability of mixing at a step (official: 1.0). Drawn once per step for "
                         "all mixes; the official code draws it per mixed batch")
-    g.add_argument("--src-smoothing", default=0.1, type=float,
+    g.add_argument("--src-smoothing", default=0.1, type=probability,
                    help="label smoothing of the original->original and local-crop targets (default "
                         "0.1: what the official code does, via a default argument of its no_mixer, "
                         "although its config says smoothing = 0.0; 0 = one-hot targets)")
-    g.add_argument("--mix-smoothing", "--smoothing", dest="mix_smoothing", default=0.0, type=float,
+    g.add_argument("--mix-smoothing", "--smoothing", dest="mix_smoothing", default=0.0, type=probability,
                    help="label smoothing of the mixed targets (official config 'smoothing': 0.0)")
     g.add_argument("--mix-accumulate", default=False, type=bool_flag,
                    help="add target weights of a column listed twice instead of overwriting them "

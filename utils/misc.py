@@ -21,6 +21,14 @@ def bool_flag(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean {s!r}: use true or false")
 
 
+def probability(s: str) -> float:
+    """argparse type for a probability or rate in [0, 1]: a bad value is a one-line usage error."""
+    value = float(s)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{s!r} is not in [0, 1]")
+    return value
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
