@@ -11,6 +11,7 @@ Two data paths make the same views:
 from __future__ import annotations
 
 import copy
+import signal
 from typing import Any, Callable, Iterator
 
 import torch
@@ -72,6 +73,13 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """Loader workers leave preemption to their rank: a SIGTERM sent to the whole process group
+    (SLURM, ``kill -- -PGID``) would otherwise kill a worker, and the rank would crash instead of
+    saving. Workers still exit with their parent (PyTorch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _in_memory(dataset: Any) -> bool:
     """One uint8 tensor and no per-sample transform: batches can be sliced out directly."""
     return hasattr(dataset, "images") and getattr(dataset, "transform", None) is None
@@ -96,6 +104,7 @@ def _loader(
         drop_last=drop_last,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigterm if workers > 0 else None,
     )
 
 

@@ -29,6 +29,14 @@ def probability(s: str) -> float:
     return value
 
 
+def to_device(batch, device: torch.device):
+    """A tensor, or a list/tuple of tensors (multi-view batches), on `device`; the one place every
+    entry script moves a batch (pinned host memory makes the copy asynchronous)."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    return type(batch)(to_device(b, device) for b in batch)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
