@@ -34,7 +34,7 @@ from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
 from utils.misc import bool_flag, probability, seed_everything
 from utils.online_probe import OnlineProbe
-from utils.optim import build_optimizer, param_groups, set_lr_wd
+from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
 from utils.schedules import training_schedules
@@ -156,7 +156,8 @@ def main_worker(gpu, args):
     # ============ optimizer and schedules ============
     optimizer = build_optimizer(args.optimizer, param_groups(model_without_ddp,
                                                              args.exclude_norm_bias),
-                                args.lr_effective, args.weight_decay, args.momentum)
+                                args.lr_effective, args.weight_decay, args.momentum,
+                                **lars_options(args))
     scaler = build_scaler(args)
     schedules = training_schedules(args, iters)
 
