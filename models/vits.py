@@ -192,6 +192,16 @@ class VisionTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)[:, 0]
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping, for its layer-wise lr decay (main_finetune.py --layer-decay):
+        the embeddings are layer 0, block i is layer i + 1, the final norm is the last layer."""
+        return {"stem": r"^(?:cls_token|pos_embed|patch_embed)",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimizer factory keeps out of weight decay (as timm's ViT)."""
+        return {"pos_embed", "cls_token"}
+
 
 _CONFIGS = {"tiny": (192, 12, 3), "small": (384, 12, 12), "base": (768, 12, 12)}
 
