@@ -17,7 +17,7 @@ import torch
 
 from data.datasets import DatasetError, dataset_info
 from data.loaders import build_eval_loaders, build_view_loader
-from data.transforms import original_view
+from data.views import original_view
 from models.methods import ALIASES, METHODS, add_method_args, build_model
 from utils import dist
 from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config

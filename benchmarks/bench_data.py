@@ -35,9 +35,8 @@ from data.transforms import (
     BatchMultiView,
     MultiViewTransform,
     ViewSpec,
-    byol_asymmetric,
-    simclr_symmetric,
 )
+from data.views import byol_asymmetric, simclr_symmetric
 
 NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 

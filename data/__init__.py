@@ -13,12 +13,9 @@ from data.transforms import (
     BatchMultiView,
     MultiViewTransform,
     ViewSpec,
-    byol_asymmetric,
     eval_transform,
-    multicrop,
-    original_view,
-    simclr_symmetric,
 )
+from data.views import byol_asymmetric, multicrop, original_view, simclr_symmetric
 
 __all__ = [
     "DATASETS",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +30,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from data.views import ViewSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,152 +73,6 @@ _RANDAUGMENT_SPACE: dict[str, tuple[Any, bool]] = {
 }
 _RANDAUGMENT_OPS = tuple(_RANDAUGMENT_SPACE)
 _RANDAUGMENT_BINS = 31  # torchvision's default num_magnitude_bins
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """The augmentation parameters of ONE view (MoCo v3 / BYOL vocabulary).
-
-    `crop=False` means no augmentation at all: the image is only resized to `size` (the "original
-    view" of MV-MR, see `resize_for_eval`). Probabilities are per sample. `solarize_threshold` is on
-    the uint8 scale (PIL ImageOps.solarize inverts pixels >= 128).
-
-    `randaugment_p`, `randaugment_ops`, `randaugment_magnitude`: torchvision's
-    `RandAugment(num_ops, magnitude)` (31 magnitude bins, nearest interpolation, fill 0), applied
-    with probability `randaugment_p` right after the crop. From DSF's CIFAR recipe (Jeon789/DSF
-    `train_moco_cifar_multiview.py`, methods.md 5.4: "RandAugment p=0.5" with the defaults
-    num_ops=2, magnitude=9); off (p=0) by default, so the other recipes are unchanged.
-    """
-
-    size: int
-    crop: bool = True
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bilinear"
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel: int | None = None
-    solarize_p: float = 0.0
-    solarize_threshold: int = 128
-    randaugment_p: float = 0.0
-    randaugment_ops: int = 2
-    randaugment_magnitude: int = 9
-
-    def __post_init__(self) -> None:
-        if self.size <= 0:
-            raise ValueError(f"ViewSpec.size must be positive, got {self.size}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"ViewSpec.interpolation must be one of {sorted(_INTERPOLATIONS)}")
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p", "randaugment_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"ViewSpec.{name} must be a probability, got {getattr(self, name)}"
-                )
-        if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
-            raise ValueError(
-                f"ViewSpec.blur_kernel must be odd and positive, got {self.blur_kernel}"
-            )
-        if not isinstance(self.randaugment_ops, int) or self.randaugment_ops < 0:
-            raise ValueError(
-                f"ViewSpec.randaugment_ops must be a non-negative int, got {self.randaugment_ops}"
-            )
-        if not isinstance(self.randaugment_magnitude, int) or not (
-            0 <= self.randaugment_magnitude < _RANDAUGMENT_BINS
-        ):
-            raise ValueError(
-                f"ViewSpec.randaugment_magnitude must be an int in [0, {_RANDAUGMENT_BINS - 1}], "
-                f"got {self.randaugment_magnitude}"
-            )
-
-    @property
-    def kernel_size(self) -> int:
-        """The blur kernel actually used (see the module docstring for the default)."""
-        if self.blur_kernel is not None:
-            return self.blur_kernel
-        return min(2 * math.ceil(3 * self.blur_sigma[1]) + 1, 2 * self.size - 1)
-
-
-# ============ recipes (side-major lists of ViewSpec) ============
-
-
-def byol_asymmetric(
-    size: int,
-    crop_min: float = 0.08,
-    ns: int = 1,
-    interpolation: str = "bilinear",
-    blur: bool = True,
-) -> list[ViewSpec]:
-    """MoCo v3 / BYOL asymmetric pair (methods.md 1.3), side-major: [view1 x ns, view2 x ns].
-
-    view1: blur p=1.0; view2: blur p=0.1 and solarize p=0.2. `blur=False` drops the blur (the
-    32-px CIFAR variants of solo-learn); PatchMix keeps it on CIFAR and uses bicubic interpolation.
-    """
-    view1 = ViewSpec(
-        size, scale=(crop_min, 1.0), interpolation=interpolation, blur_p=1.0 if blur else 0.0
-    )
-    view2 = replace(view1, blur_p=0.1 if blur else 0.0, solarize_p=0.2)
-    return [view1] * ns + [view2] * ns
-
-
-def simclr_symmetric(
-    size: int,
-    n_views: int = 2,
-    blur_p: float = 0.5,
-    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
-    scale: tuple[float, float] = (0.08, 1.0),
-    *,
-    gray_p: float = 0.2,
-    interpolation: str = "bilinear",
-    blur_kernel: int | None = None,
-) -> list[ViewSpec]:
-    """SimCLR symmetric recipe (methods.md 3): `n_views` identically distributed views, no solarize.
-
-    Also covers, through the keyword arguments, BeCLR (jitter (0.4, 0.4, 0.4, 0.1), blur only if
-    size > 100), MV-MR STL10 (blur p=1.0, blur_kernel=9) and MV-MR CIFAR20 (jitter
-    (0.4, 0.4, 0.4, 0.1), gray 0.1, scale (0.2, 1), bicubic, no blur).
-    """
-    spec = ViewSpec(
-        size,
-        scale=scale,
-        interpolation=interpolation,
-        jitter=jitter,
-        gray_p=gray_p,
-        blur_p=blur_p,
-        blur_kernel=blur_kernel,
-    )
-    return [spec] * n_views
-
-
-def multicrop(
-    global_specs: Sequence[ViewSpec],
-    n_local: int,
-    local_size: int,
-    local_scale: tuple[float, float] = (0.05, 0.35),
-    local_blur_p: float = 0.5,
-) -> list[ViewSpec]:
-    """Append `n_local` local crops after the global views (PatchMix `MultiCropsTransform`).
-
-    Local crops copy the first global spec's jitter/gray/flip/interpolation, with blur p=0.5 and no
-    solarize.
-    """
-    local = replace(
-        global_specs[0],
-        size=local_size,
-        scale=local_scale,
-        blur_p=local_blur_p,
-        blur_kernel=None,
-        solarize_p=0.0,
-    )
-    return list(global_specs) + [local] * n_local
-
-
-def original_view(size: int) -> ViewSpec:
-    """The un-augmented view (MV-MR `ValTransform`): resize only."""
-    return ViewSpec(size, crop=False)
 
 
 # ============ eval-style resizing (shared by both paths and by the eval transforms) ============

@@ -28,12 +28,13 @@ def build_backbone(name: str, *, img_size: int = 224, width: int = 64,
                    cifar_stem: bool | None = None, patch_size: int = 16,
                    stop_grad_conv1: bool = False, pos_embed: str = "sincos", drop_path: float = 0.0,
                    zero_init_residual: bool = False, in_chans: int = 3, keep_maxpool: bool = False,
-                   **overrides: Any) -> tuple[nn.Module, int]:
+                   cifar_stem_padding: int = 1, **overrides: Any) -> tuple[nn.Module, int]:
     """Build a backbone by name; return it and its feature width.
 
     Options of the other family are ignored (a ResNet ignores patch_size, stop_grad_conv1,
-    pos_embed and drop_path; a ViT ignores width, cifar_stem, keep_maxpool and zero_init_residual), so the
-    training script can pass every CLI option. ``cifar_stem=None`` means ``img_size <= 64``.
+    pos_embed and drop_path; a ViT ignores width, cifar_stem, keep_maxpool, cifar_stem_padding and
+    zero_init_residual), so the training script can pass every CLI option. ``cifar_stem=None``
+    means ``img_size <= 64``; ``cifar_stem_padding`` pads its 3x3 conv (solo-learn: 2).
     ``overrides`` go to the ViT constructor (``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``:
     small test models).
     """
@@ -48,7 +49,8 @@ def build_backbone(name: str, *, img_size: int = 224, width: int = 64,
             raise TypeError(f"{name} takes no options {sorted(overrides)}")
         stem = img_size <= 64 if cifar_stem is None else cifar_stem
         model = BACKBONES[name](width=width, cifar_stem=stem, in_chans=in_chans,
-                                zero_init_residual=zero_init_residual, keep_maxpool=keep_maxpool)
+                                zero_init_residual=zero_init_residual, keep_maxpool=keep_maxpool,
+                                stem_padding=cifar_stem_padding)
     return model, model.num_features
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 from torch import nn
 
 from data.representations import REPRESENTATIONS, batch_augment, compute_representations
-from data.transforms import ViewSpec, byol_asymmetric, multicrop, original_view, simclr_symmetric
+from data.views import METHOD_VIEWS, Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
 from losses.bregman import BeCLR
 from losses.dependence import MVMR as MVMRLoss
@@ -36,6 +36,7 @@ from models.patchmix import PatchMixMoCo
 from models.simclr import SimCLR
 from utils.checkpoint import load_checkpoint
 from utils.misc import bool_flag, probability
+from utils.optim import add_lars_args
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,23 @@ class Method:
     summary: str  # one line for --help and README
     builder: Callable[[argparse.Namespace, nn.Module, int], nn.Module]  # (args, backbone, feat_dim)
     loss: Callable[[argparse.Namespace], ContrastiveLoss]  # args -> criterion, explicit kwargs
-    views: Callable[[argparse.Namespace], list[ViewSpec]]  # args -> augmentation recipe, side-major
+
+    @staticmethod
+    def sides(args: argparse.Namespace) -> list[Side]:
+        """The views of args.method (data/views.py METHOD_VIEWS) with the CLI overrides applied."""
+        return resolve_sides(args)
+
+    def views(self, args: argparse.Namespace) -> list[ViewSpec]:
+        """The augmentation recipe, side-major: [t1 x ns, t2 x ns, local crops ...]."""
+        return expand(self.sides(args))
+
+    def describe_views(self, args: argparse.Namespace) -> list[str]:
+        """One line per side of the resolved views (printed at the start of a run)."""
+        return describe(self.sides(args))
 
 
 def is_vit(args: argparse.Namespace) -> bool:
     return args.arch.startswith("vit")
-
-
-def small_images(args: argparse.Namespace) -> bool:
-    """32-px-class inputs: no Gaussian blur (SimCLR/solo CIFAR recipes), CIFAR stem."""
-    return args.img_size <= 64
 
 
 def mocov3_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int,
@@ -97,14 +105,6 @@ def beclr_temperature(args: argparse.Namespace) -> float:
     return 0.1 if beclr_imagenet(args) else 0.5
 
 
-def beclr_views(args: argparse.Namespace) -> list[ViewSpec]:
-    """data_aug/transformation.py: two identical views; blur only when size > 100."""
-    spec = ViewSpec(args.img_size, scale=(0.08, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1),
-                    jitter_p=0.8, gray_p=0.2, blur_p=0.5 if args.img_size > 100 else 0.0,
-                    blur_sigma=(0.1, 2.0), solarize_p=0.0)
-    return [spec, spec]
-
-
 def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMR:
     """MV-MR (methods.md §7.1): official projector; representations of the original view.
     The stem and zero-init come from mvmr_stem (METHOD_BACKBONE) so evaluation rebuilds them."""
@@ -113,20 +113,10 @@ def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -
         raise SystemExit(f"error: unknown --mvmr-reps {unknown}; choose from {list(REPRESENTATIONS)}")
     reps = partial(compute_representations, names=list(args.mvmr_reps),
                    augment=batch_augment(args.img_size))
-    return MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps,
-                small_kernel=False, zero_init_residual=False)
-
-
-def mvmr_views(args: argparse.Namespace) -> list[ViewSpec]:
-    """[original, augmented]: the official "cifar20" policy at <= 64 px, "custom" above."""
-    size = args.img_size
-    if size <= 64:
-        aug = ViewSpec(size, scale=(0.2, 1.0), interpolation="bicubic", jitter=(0.4, 0.4, 0.4, 0.1),
-                       jitter_p=0.8, gray_p=0.1, blur_p=0.0)
-    else:
-        aug = ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=1.0,
-                       blur_sigma=(0.1, 2.0), blur_kernel=2 * int(0.05 * size) + 1)
-    return [original_view(size), aug]
+    model = MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps,
+                 small_kernel=False, zero_init_residual=False)
+    model.sync_bn = False  # the official Lightning Trainer has no sync_batchnorm: BN per GPU
+    return model
 
 
 def patchmix_mix_size(args: argparse.Namespace) -> int:
@@ -147,15 +137,6 @@ def patchmix_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: in
                         mix_size=patchmix_mix_size(args), mix_num=args.mix_num, mix_p=args.mix_p)
 
 
-def patchmix_views(args: argparse.Namespace) -> list[ViewSpec]:
-    """BYOL-asymmetric pair with bicubic crops (blur kept at 32 px), + local crops (ImageNet)."""
-    pair = byol_asymmetric(args.img_size, crop_min=args.crop_min, interpolation="bicubic")
-    if not args.local_crops:
-        return pair
-    return multicrop(pair, args.local_crops, args.local_crop_size,
-                     local_scale=(args.local_crop_min, args.crop_min))
-
-
 def dsf_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MoCoV3:
     """MoCo v3 heads; each branch's ns crops are one forward (DSF's x.view(-1, C, H, W))."""
     return mocov3_builder(args, backbone, feat_dim, group_size=args.ns)
@@ -168,79 +149,64 @@ def mocov2_cifar_builder(args: argparse.Namespace, backbone: nn.Module,
                        symmetric=args.symmetric)
 
 
-def mocov2_cifar_views(args: argparse.Namespace) -> list[ViewSpec]:
-    """One recipe for both branches (DSF train_moco_cifar*.py): crop, RandAugment (p = 0.5),
-    jitter, gray, blur, flip."""
-    if args.method == "mocov2" and args.ns != 1:
-        raise SystemExit("error: --method mocov2 takes one crop per branch (--ns 1)")
-    spec = ViewSpec(args.img_size, scale=(args.crop_min, 1.0), jitter=(0.4, 0.4, 0.4, 0.1),
-                    jitter_p=0.8, gray_p=0.2, blur_p=0.5, randaugment_p=args.randaugment_p)
-    return [spec] * (2 * args.ns)
-
-
-def mocov3_views(args: argparse.Namespace) -> list[ViewSpec]:
-    return byol_asymmetric(args.img_size, crop_min=args.crop_min, ns=args.ns,
-                           blur=not small_images(args))
-
-
-def simclr_views(args: argparse.Namespace) -> list[ViewSpec]:
-    return simclr_symmetric(args.img_size, n_views=2 * args.ns, scale=(args.crop_min, 1.0),
-                            blur_p=0.0 if small_images(args) else 0.5)
-
-
 METHODS: dict[str, Method] = {
     "mocov3": Method("MoCo v3 (Chen, Xie, He 2021): InfoNCE between predictor and momentum keys",
-                     mocov3_builder, lambda a: InfoNCE(a.moco_t), mocov3_views),
+                     mocov3_builder, lambda a: InfoNCE(a.moco_t)),
     "simclr": Method("SimCLR (Chen et al. 2020): NT-Xent over all views, negatives from all ranks",
-                     simclr_builder, lambda a: NTXent(a.moco_t), simclr_views),
+                     simclr_builder, lambda a: NTXent(a.moco_t)),
     "nnclr": Method("NNCLR (Dwibedi et al. 2021): InfoNCE with the positive swapped for its "
                     "nearest neighbour in a support set", nnclr_builder,
-                    lambda a: NNCLR(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim),
-                    mocov3_views),  # BYOL-asymmetric views, no blur at 32 px (solo asymmetric.yaml)
+                    lambda a: NNCLR(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim)),
     "snclr": Method("SNCLR (Ge et al. 2023): MoCo v3 InfoNCE plus soft-weighted bank neighbours as "
                     "positives", mocov3_builder,
                     lambda a: SoftNeighbour(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
                                             dim=a.moco_dim, threshold=a.threshold,
-                                            detach_weights=a.detach_weights),
-                    mocov3_views),
+                                            detach_weights=a.detach_weights)),
     "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
                     "NT-Xent", beclr_builder,
-                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss), beclr_views),
+                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss)),
     "mvmr": Method("MV-MR (Kinakh et al. 2023): MSE + variance hinge + distance correlation "
                    "between original and augmented views, + dCor with hand-crafted representations",
                    mvmr_builder, lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
-                                                   representation_sign=a.mvmr_rep_sign), mvmr_views),
+                                                   representation_sign=a.mvmr_rep_sign)),
     "patchmix": Method("PatchMix (Shen et al. 2023): soft-target contrasts between patch-mixed and "
                        "original images", patchmix_builder,
                        lambda a: PatchMix(temperature=a.moco_t, smoothing=a.src_smoothing,
                                           m=a.mix_num, mix_smoothing=a.mix_smoothing,
-                                          accumulate=a.mix_accumulate), patchmix_views),
+                                          accumulate=a.mix_accumulate)),
     "dsf": Method(
         "DSF (Jeon et al. 2025): CE over -KL between the vMF fits of each image's ns crops",
         dsf_builder,
         lambda a: DSF(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
-                      kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official"),
-        mocov3_views),
+                      kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official")),
     "mocov2": Method(
         "MoCo v2, CIFAR demo (Chen et al. 2020): InfoNCE against a queue of past keys",
         mocov2_cifar_builder,
         lambda a: MoCoV2(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
-                         symmetric=a.symmetric),
-        mocov2_cifar_views),
+                         symmetric=a.symmetric)),
     "mocov2_dsf": Method(
         "DSF on MoCo v2 CIFAR: CE over [-KL(X||Y) | -KL(X||queue of mean directions)]",
         mocov2_cifar_builder,
         lambda a: DSFQueue(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
                            kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
-                           bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric),
-        mocov2_cifar_views),
+                           bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric)),
 }
 
 ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
 
 
 def add_method_args(parser: argparse.ArgumentParser) -> None:
-    """Every method's own flags, one argument group per method."""
+    """Every method's own flags, one argument group per method, and the flags whose default
+    depends on the method: views (data/views.py), backbone variant, LARS (utils/optim.py)."""
+    add_view_args(parser)
+    g = parser.add_argument_group("backbone variant (default: the method's official code)")
+    g.add_argument("--zero-init-residual", default=None, type=bool_flag,
+                   help="zero the last BN gamma of every ResNet block (default: true for mocov3 "
+                        "(main_moco.py) and mvmr (src/model/resnet.py), false otherwise)")
+    g.add_argument("--cifar-stem-padding", default=1, type=int,
+                   help="padding of the 3x3 CIFAR stem conv (default: 1; solo-learn recipes: 2, "
+                        "34 x 34 maps from 32 px)")
+    add_lars_args(parser)
     g = parser.add_argument_group("DSF (dsf, mocov2_dsf)")
     g.add_argument("--kld-t", "--kld_t", dest="kld_t", default=1.0, type=float,
                    help="temperature dividing the -KL logits (default: 1.0, DSF's). DSF ignores "
@@ -372,9 +338,12 @@ def backbone_kwargs(args: dict) -> dict:
     patch = args.get("patch_size") or (16 if img_size >= 128 else 4)
     kwargs = dict(img_size=img_size, width=args.get("width", 64), patch_size=patch,
                   stop_grad_conv1=args.get("stop_grad_conv1", False),
-                  drop_path=args.get("drop_path", 0.0))
+                  drop_path=args.get("drop_path", 0.0),
+                  cifar_stem_padding=args.get("cifar_stem_padding", 1))
     if args.get("method") in METHOD_BACKBONE:
         kwargs.update(METHOD_BACKBONE[args["method"]](args))
+    if args.get("zero_init_residual") is not None:  # the flag wins over the method's default
+        kwargs["zero_init_residual"] = args["zero_init_residual"]
     return kwargs
 
 
@@ -386,9 +355,17 @@ def mvmr_stem(args: dict) -> dict:
                 zero_init_residual=True)
 
 
+def beclr_stem(args: dict) -> dict:
+    """BeCLR model.py swaps conv1 for a 3x3/1 conv and drops the max-pool for every main.py
+    dataset (STL-10's 96 px included); model_imgnet.py keeps torchvision's stem."""
+    return dict(cifar_stem=args.get("dataset") not in ("imagenet", "in100"))
+
+
 # backbone options a method fixes, from the run's args: evaluation rebuilds the same backbone
 METHOD_BACKBONE: dict[str, Callable[[dict], dict]] = {
+    "mocov3": lambda a: {"zero_init_residual": True},  # main_moco.py: resnet(zero_init_residual=True)
     "mvmr": mvmr_stem,
+    "beclr": beclr_stem,
     "patchmix": lambda a: {"pos_embed": "learnable"},  # PatchMix keeps timm's learnable pos-embed
 }
 

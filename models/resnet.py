@@ -16,17 +16,19 @@ class ResNet(tv.ResNet):
 
     ``cifar_stem`` replaces the 7x7/2 conv + max-pool by a 3x3/1 conv and no pooling (32-px images);
     with ``keep_maxpool`` the max-pool stays (MV-MR's "small_kernel" stem for STL/CIFAR).
+    ``stem_padding`` pads that 3x3 conv: 1 keeps the input size (most CIFAR code), 2 gives the
+    (H + 2) x (W + 2) maps of solo-learn's CIFAR stem (``solo/methods/base.py``).
     """
 
     def __init__(self, block: type[tv.BasicBlock | tv.Bottleneck], layers: list[int], *,
                  width: int = 64, cifar_stem: bool = False, zero_init_residual: bool = False,
-                 in_chans: int = 3, keep_maxpool: bool = False) -> None:
+                 in_chans: int = 3, keep_maxpool: bool = False, stem_padding: int = 1) -> None:
         if width % 8:
             raise ValueError(f"width must be a multiple of 8, got {width}")
         self.width = width  # read by _make_layer, which torchvision's __init__ calls
         super().__init__(block, layers, zero_init_residual=zero_init_residual)
         if cifar_stem or width != 64 or in_chans != 3:
-            kernel, stride, pad = (3, 1, 1) if cifar_stem else (7, 2, 3)
+            kernel, stride, pad = (3, 1, stem_padding) if cifar_stem else (7, 2, 3)
             self.conv1 = nn.Conv2d(in_chans, width, kernel, stride, pad, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.bn1 = nn.BatchNorm2d(width)  # weight 1, bias 0: torchvision's init

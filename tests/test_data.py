@@ -28,12 +28,9 @@ from data.transforms import (
     BatchMultiView,
     MultiViewTransform,
     ViewSpec,
-    byol_asymmetric,
     eval_transform,
-    multicrop,
-    original_view,
-    simclr_symmetric,
 )
+from data.views import byol_asymmetric, multicrop, original_view, simclr_symmetric
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)

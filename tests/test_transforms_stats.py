@@ -19,12 +19,12 @@ from data.transforms import (
     MultiViewTransform,
     ViewSpec,
     apply_params,
-    byol_asymmetric,
     color_jitter,
     crop_resize,
     gaussian_blur,
     sample_params,
 )
+from data.views import byol_asymmetric
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity normalisation: outputs stay in [0, 1]
 KS_P_MIN = 1e-3  # a seeded KS test: a real mismatch gives p ~ 1e-10 at these sample sizes
