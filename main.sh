@@ -4,7 +4,8 @@
 #   test         set up and run the whole test suite
 #   results      the table of every run under $OUT beside the papers' numbers, and training curves
 #   <recipe>     a paper run (see the functions below and README's recipe table); DATA=/path/to/data
-# Each recipe is written out in full so that its lines can be copied onto a GPU server.
+# A recipe is configs/<recipe>.yaml (every training value) launched below with its evaluation lines;
+# copy the lines onto a GPU server as they are. docs/recipes.md: what each recipe reproduces.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
@@ -91,42 +92,51 @@ bundled() {  # bash main.sh bundled METHOD|all [SEED...]: every method on the bu
 }
 
 # ---------------------------------------------------------------- MoCo v3 (facebookresearch/moco-v3)
-mocov3_in1k_vits() {  # ViT-S/16, 300 epochs, batch 1024 on 1 node x 8 GPUs; linear 73.2 (README)
-    python main_pretrain.py --method mocov3 -a vit_small -b 1024 --optimizer adamw --lr 1.5e-4 \
-        --weight-decay .1 --epochs 300 --warmup-epochs 40 --stop-grad-conv1 --moco-m-cos \
-        --moco-t .2 --dataset imagenet --data "$DATA" --results_dir "$OUT/mocov3_vits" \
-        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+mocov3_in1k_vits() {  # ViT-S/16, 300 ep, batch 4096 on 4 nodes (set --rank per node); linear 73.2
+    python main_pretrain.py --config configs/mocov3_in1k_vits.yaml --data "$DATA" \
+        --results_dir "$OUT/mocov3_vits" \
+        --dist-url tcp://MASTER:10001 --multiprocessing-distributed --world-size 4 --rank 0
+    # CONFIG.md "ViT-Small, linear classification": lr 3, batch 1024, 90 epochs
     python main_lincls.py -a vit_small --lr 3 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
         --pretrained "$OUT/mocov3_vits/checkpoint_0300_000000.pth.tar" --results_dir "$OUT/mocov3_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
-mocov3_in1k_r50() {  # ResNet-50, 100 epochs, batch 4096 (4 nodes: set --rank per node); linear 68.9
-    python main_pretrain.py --method mocov3 -a resnet50 -b 4096 --optimizer lars --lr .6 \
-        --weight-decay 1e-6 --epochs 100 --warmup-epochs 10 --moco-m-cos --moco-t 1.0 --crop-min .2 \
-        --dataset imagenet --data "$DATA" --results_dir "$OUT/mocov3_r50" \
-        --dist-url tcp://MASTER:10001 --multiprocessing-distributed --world-size 4 --rank 0
+mocov3_in1k_r50() {  # ResNet-50, 100 ep, batch 4096 on 2 nodes (CONFIG.md; --rank per node); linear 68.9
+    python main_pretrain.py --config configs/mocov3_in1k_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mocov3_r50" \
+        --dist-url tcp://MASTER:10001 --multiprocessing-distributed --world-size 2 --rank 0
     python main_lincls.py -a resnet50 --lr .1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
         --pretrained "$OUT/mocov3_r50/checkpoint_0100_000000.pth.tar" --results_dir "$OUT/mocov3_r50" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
-# ---------------------------------------------------------------- SimCLR (solo-learn CIFAR recipe)
-simclr_cifar10_r18() {  # R18, 1000 epochs, batch 256, LARS 0.4, T 0.2; solo-learn: 90.74 online linear
-    python main_pretrain.py --method simclr -a resnet18 -b 256 --optimizer lars --lr 0.4 \
-        --weight-decay 1e-4 --epochs 1000 --warmup-epochs 10 --moco-t 0.2 --dataset cifar10 \
-        --data "$DATA" --results_dir "$OUT/simclr_cifar10"
+# ---------------------------------------------------------------- SimCLR (solo-learn recipes)
+simclr_cifar10_r18() {  # R18, 1000 ep, batch 256, LARS 0.4 (eta 0.02, clip); solo: 90.74 online linear
+    python main_pretrain.py --config configs/simclr_cifar10_r18.yaml --data "$DATA" \
+        --results_dir "$OUT/simclr_cifar10"
+    # offline probe (solo-learn ships no CIFAR linear script; its CIFAR numbers are online)
     python main_lincls.py --lr 0.1 -b 256 --epochs 100 --dataset cifar10 --data "$DATA" \
         --pretrained "$OUT/simclr_cifar10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/simclr_cifar10"
 }
 
+simclr_in100_r18() {  # R18 IN-100, 400 ep, batch 256, LARS 0.3, projector 4096-512; solo: 77.64 online
+    python main_pretrain.py --config configs/simclr_in100_r18.yaml --data "$DATA" \
+        --results_dir "$OUT/simclr_in100" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+    # solo-learn scripts/linear/imagenet-100/simclr.yaml: SGD lr 1.0, wd 0, steps at 60 and 80
+    python main_lincls.py -a resnet18 --lr 1.0 -b 256 --epochs 100 --weight-decay 0 \
+        --lr-schedule step --lr-steps 60 80 --dataset in100 --data "$DATA" \
+        --pretrained "$OUT/simclr_in100/checkpoint_0400_000000.pth.tar" --results_dir "$OUT/simclr_in100" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
 # ---------------------------------------------------------------- DSF (Jeon789/DSF)
 dsf_in100_vits() {  # ViT-S/16 IN-100, 100 ep, total batch 128, ns=4 (DSF main.sh #3); no table in README
-    python main_pretrain.py --method dsf -a vit_small -b 128 --optimizer adamw --lr 5e-3 \
-        --weight-decay .1 --epochs 100 --warmup-epochs 15 --stop-grad-conv1 --moco-m-cos \
-        --moco-t .2 --ns 4 --kld-t 1 --r-bar-coeff 0.95 --crop-min 0.08 --seed 307 \
-        --dataset in100 --data "$DATA" --results_dir "$OUT/dsf_in100_vits" \
+    python main_pretrain.py --config configs/dsf_in100_vits.yaml --data "$DATA" \
+        --results_dir "$OUT/dsf_in100_vits" \
         --dist-url tcp://localhost:10002 --multiprocessing-distributed --world-size 1 --rank 0
+    # main_linclsv3.py: lr 30, batch 256, 30 epochs, cosine
     python main_lincls.py -a vit_small --lr 30 -b 256 --epochs 30 --dataset in100 --data "$DATA" \
         --pretrained "$OUT/dsf_in100_vits/checkpoint_0100_000000.pth.tar" \
         --results_dir "$OUT/dsf_in100_vits" \
@@ -134,118 +144,128 @@ dsf_in100_vits() {  # ViT-S/16 IN-100, 100 ep, total batch 128, ns=4 (DSF main.s
 }
 
 mocov2_dsf_cifar10() {  # R18 CIFAR-10, 250 ep, batch 256, ns=4, 1 GPU, no AMP (DSF main.sh #2)
-    python main_pretrain.py --method mocov2_dsf -a resnet18 -b 256 --optimizer sgd --lr 0.06 \
-        --momentum 0.9 --weight-decay 5e-4 --epochs 250 --warmup-epochs 0 --moco-m 0.99 \
-        --moco-dim 128 --moco-k 4096 --bn-splits 8 --ns 4 --kld-t 1 --crop-min 0.2 --amp off \
-        --knn-freq 10 --knn-k 200 --knn-t 0.1 --seed 920 \
-        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_dsf_cifar10"
-    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 \
+    python main_pretrain.py --config configs/mocov2_dsf_cifar10.yaml --data "$DATA" \
+        --results_dir "$OUT/mocov2_dsf_cifar10"
+    # DSF main_lincls.py: lr 30, 30 epochs, cosine (--cos defaults to True), jitter + grey in the
+    # training crop, Linear(512, 128) head, the MoCo demo's normalisation
+    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 --train-aug dsf \
+        --head-outputs 128 --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 \
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_dsf_cifar10" \
         --pretrained "$OUT/mocov2_dsf_cifar10/checkpoint_0250_000000.pth.tar"
 }
 
 mocov2_cifar10() {  # the DSF table's baseline: batch 1024, lr 0.12 (= 0.03 x 1024/256), 800 ep
-    python main_pretrain.py --method mocov2 -a resnet18 -b 1024 --optimizer sgd --lr 0.03 \
-        --momentum 0.9 --weight-decay 5e-4 --epochs 800 --warmup-epochs 0 --moco-m 0.99 \
-        --moco-t 0.1 --moco-dim 128 --moco-k 4096 --bn-splits 8 --crop-min 0.2 --amp off \
-        --knn-freq 10 --knn-k 200 --knn-t 0.1 --seed 920 \
-        --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_cifar10"
-    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 \
+    python main_pretrain.py --config configs/mocov2_cifar10.yaml --data "$DATA" \
+        --results_dir "$OUT/mocov2_cifar10"
+    python main_lincls.py -a resnet18 --lr 30 -b 256 --epochs 30 --crop-min 0.08 --train-aug dsf \
+        --head-outputs 128 --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 \
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/mocov2_cifar10" \
         --pretrained "$OUT/mocov2_cifar10/checkpoint_0800_000000.pth.tar"
 }
 # CIFAR-100: the same two commands with --dataset cifar100 (DSF main.sh runs both datasets).
 
 # ---------------------------------------------------------------- BeCLR (csfarzin/BeCLR)
-# Official code: Adam lr 5e-3 (no scaling) -> our --lr = 5e-3 x 256 / batch; no warmup; per-epoch cosine.
-beclr_cifar10_r50() {  # main.py code defaults with the README's batch 512 and 500 epochs, T 0.5, K 100
-    python main_pretrain.py --method beclr -a resnet50 --dataset cifar10 --data "$DATA" -b 512 \
-        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
-        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_cifar10"
+# Linear: linear.py, Adam 1e-3 (= 5e-4 x 512/256), wd 1e-6, batch 512, 100 epochs, no lr schedule (a
+# step after the last epoch), backbone in train mode. kNN: main.py's Bregman monitor (sigma 1.0, k 50).
+beclr_cifar10_r50() {  # main.py defaults with the README's batch 512 and 500 epochs, T 0.5, K 100
+    python main_pretrain.py --config configs/beclr_cifar10_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/beclr_cifar10"
     python main_knn.py --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" --dataset cifar10 \
         --data "$DATA" --similarity bregman --sigma 1.0 --temperature 0.5 --nb-knn 50 200 \
-        --results_dir "$OUT/beclr_cifar10"
-    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset cifar10 --data "$DATA" \
+        --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 --results_dir "$OUT/beclr_cifar10"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 5e-4 --weight-decay 1e-6 -b 512 --epochs 100 \
+        --lr-schedule step --lr-steps 100 --head-init default --backbone-mode train \
+        --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 --dataset cifar10 --data "$DATA" \
         --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_cifar10"
 }
 
 beclr_cifar100_r50() {  # the same on CIFAR-100
-    python main_pretrain.py --method beclr -a resnet50 --dataset cifar100 --data "$DATA" -b 512 \
-        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
-        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_cifar100"
-    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset cifar100 --data "$DATA" \
+    python main_pretrain.py --config configs/beclr_cifar100_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/beclr_cifar100"
+    python main_knn.py --pretrained "$OUT/beclr_cifar100/checkpoint_0500_000000.pth.tar" --dataset cifar100 \
+        --data "$DATA" --similarity bregman --sigma 1.0 --temperature 0.5 --nb-knn 50 200 \
+        --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 --results_dir "$OUT/beclr_cifar100"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 5e-4 --weight-decay 1e-6 -b 512 --epochs 100 \
+        --lr-schedule step --lr-steps 100 --head-init default --backbone-mode train \
+        --mean 0.4914 0.4822 0.4465 --std 0.2023 0.1994 0.2010 --dataset cifar100 --data "$DATA" \
         --pretrained "$OUT/beclr_cifar100/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_cifar100"
 }
 
-beclr_stl10_r50() {  # STL-10 at 96 px (no blur below 100 px, as the official transformation.py)
-    python main_pretrain.py --method beclr -a resnet50 --dataset stl10 --data "$DATA" -b 512 \
-        --optimizer adam --lr 2.5e-3 --weight-decay 1e-6 --epochs 500 --warmup-epochs 0 \
-        --temperature 0.5 --k-subs 100 --subnet-hidden 512 --sigma 0.9 --results_dir "$OUT/beclr_stl10"
-    python main_lincls.py -a resnet50 --lr 0.1 -b 512 --epochs 100 --dataset stl10 --data "$DATA" \
+beclr_stl10_r50() {  # STL-10 at 96 px: 3x3 stem without max-pool, no blur below 100 px (official)
+    python main_pretrain.py --config configs/beclr_stl10_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/beclr_stl10"
+    python main_knn.py --pretrained "$OUT/beclr_stl10/checkpoint_0500_000000.pth.tar" --dataset stl10 \
+        --data "$DATA" --similarity bregman --sigma 1.0 --temperature 0.5 --nb-knn 50 200 \
+        --mean 0.4914 0.4822 0.4465 --std 0.2471 0.2435 0.2616 --results_dir "$OUT/beclr_stl10"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 5e-4 --weight-decay 1e-6 -b 512 --epochs 100 \
+        --lr-schedule step --lr-steps 100 --head-init default --backbone-mode train \
+        --mean 0.4914 0.4822 0.4465 --std 0.2471 0.2435 0.2616 --dataset stl10 --data "$DATA" \
         --pretrained "$OUT/beclr_stl10/checkpoint_0500_000000.pth.tar" --results_dir "$OUT/beclr_stl10"
 }
 
 beclr_in1k_r50() {  # main_imgnet.py: batch 800, Adam 1e-4, 200 epochs, T 0.1, K 200, H 100
-    python main_pretrain.py --method beclr -a resnet50 --dataset imagenet --data "$DATA" -b 800 \
-        --optimizer adam --lr 3.2e-5 --weight-decay 1e-6 --epochs 200 --warmup-epochs 0 \
-        --temperature 0.1 --k-subs 200 --subnet-hidden 100 --results_dir "$OUT/beclr_in1k" \
+    python main_pretrain.py --config configs/beclr_in1k_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/beclr_in1k" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
-    python main_lincls.py -a resnet50 --lr 0.1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
+    python main_lincls.py -a resnet50 --optimizer adam --lr 5e-4 --weight-decay 1e-6 -b 512 --epochs 100 \
+        --lr-schedule step --lr-steps 100 --head-init default --backbone-mode train \
+        --dataset imagenet --data "$DATA" \
         --pretrained "$OUT/beclr_in1k/checkpoint_0200_000000.pth.tar" --results_dir "$OUT/beclr_in1k" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
 # ---------------------------------------------------------------- MV-MR (vkinakh/mv-mr)
+# Linear: evaluate_self_supervised.py --retrain: Adam 1e-3 (config batch), per-epoch cosine, 100
+# epochs, the 'custom' augmentation, the head starting from the online probe, backbone in eval mode.
 mvmr_stl10_r50() {  # R50, 1000 epochs, batch 256, Adam 1e-4 wd 1e-6, fp16; linear 89.67 (README)
-    python main_pretrain.py --method mvmr -a resnet50 --dataset stl10 --data "$DATA" -b 256 \
-        --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --online-probe true --proj-dims 8192-8192-8192 --std-margin 1 --results_dir "$OUT/mvmr_stl10"
-    python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset stl10 --data "$DATA" \
+    python main_pretrain.py --config configs/mvmr_stl10_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_stl10"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
+        --head-init probe --dataset stl10 --data "$DATA" \
         --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_stl10"
 }
 
 mvmr_cifar20_r50() {  # batch 512, Adam 2e-4 (= 1e-4 x 512/256); linear 73.2 (README)
-    python main_pretrain.py --method mvmr -a resnet50 --dataset cifar20 --data "$DATA" -b 512 \
-        --optimizer adam --lr 1e-4 --weight-decay 1e-6 --epochs 1000 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --online-probe true --results_dir "$OUT/mvmr_cifar20"
-    python main_lincls.py -a resnet50 --lr 0.1 -b 256 --epochs 100 --dataset cifar20 --data "$DATA" \
+    python main_pretrain.py --config configs/mvmr_cifar20_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_cifar20"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 5e-4 -b 512 --epochs 100 --train-aug mvmr \
+        --head-init probe --mean 0.491 0.482 0.447 --std 0.247 0.243 0.261 \
+        --dataset cifar20 --data "$DATA" \
         --pretrained "$OUT/mvmr_cifar20/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_cifar20"
 }
 
-mvmr_in1k_r50() {  # official 256 x 8 accumulation, lr 1e-4 unscaled, 100 epochs; linear 74.5 (README)
-    python main_pretrain.py --method mvmr -a resnet50 --dataset imagenet --data "$DATA" -b 2048 \
-        --optimizer adam --lr 1.25e-5 --weight-decay 1e-6 --epochs 100 --warmup-epochs 10 --min-lr 1e-6 \
-        --amp fp16 --online-probe true --results_dir "$OUT/mvmr_in1k" \
-        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
-    python main_lincls.py -a resnet50 --lr .1 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
-        --pretrained "$OUT/mvmr_in1k/checkpoint_0100_000000.pth.tar" --results_dir "$OUT/mvmr_in1k" \
+mvmr_in1k_r50() {  # 1000 ep, 256 x 8 accumulation on one GPU (configs/mvmr_in1k_r50.yaml); linear 74.5
+    python main_pretrain.py --config configs/mvmr_in1k_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_in1k"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
+        --head-init probe --dataset imagenet --data "$DATA" \
+        --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_in1k" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
 # ---------------------------------------------------------------- NNCLR (solo-learn) and SNCLR (ChongjianGE/SNCLR)
 nnclr_cifar10_r18() {  # solo-learn CIFAR-10 recipe: R18, T 0.2, queue 65536, LARS 0.4, bs 256; solo: 91.88
-    python main_pretrain.py --method nnclr -a resnet18 --dataset cifar10 --data "$DATA" -b 256 \
-        --optimizer lars --lr 0.4 --weight-decay 1e-5 --epochs 1000 --warmup-epochs 10 --moco-t 0.2 \
-        --queue-size 65536 --results_dir "$OUT/nnclr_cifar10"
+    python main_pretrain.py --config configs/nnclr_cifar10_r18.yaml --data "$DATA" \
+        --results_dir "$OUT/nnclr_cifar10"
+    # offline probe (solo-learn ships no CIFAR linear script; its CIFAR numbers are online)
     python main_lincls.py --lr 0.1 -b 256 --epochs 100 --dataset cifar10 --data "$DATA" \
         --pretrained "$OUT/nnclr_cifar10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/nnclr_cifar10"
 }
 
 nnclr_in100_r18() {  # solo-learn IN-100 recipe (R18, 400 ep, T 0.2, queue 65536); solo: 80.16 offline
-    python main_pretrain.py --method nnclr -a resnet18 --dataset in100 --data "$DATA" -b 256 \
-        --optimizer lars --lr 0.4 --weight-decay 1e-5 --epochs 400 --warmup-epochs 10 --moco-t 0.2 \
-        --queue-size 65536 --results_dir "$OUT/nnclr_in100" \
+    python main_pretrain.py --config configs/nnclr_in100_r18.yaml --data "$DATA" \
+        --results_dir "$OUT/nnclr_in100" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
-    python main_lincls.py -a resnet18 --lr 0.1 -b 256 --epochs 100 --dataset in100 --data "$DATA" \
+    # solo-learn scripts/linear/imagenet-100/nnclr.yaml: SGD lr 0.3, wd 0, steps at 60 and 80
+    python main_lincls.py -a resnet18 --lr 0.3 -b 256 --epochs 100 --weight-decay 0 \
+        --lr-schedule step --lr-steps 60 80 --dataset in100 --data "$DATA" \
         --pretrained "$OUT/nnclr_in100/checkpoint_0400_000000.pth.tar" --results_dir "$OUT/nnclr_in100" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
 snclr_in1k_vits() {  # official start.sh: ViT-S, 4 nodes x 8 GPUs (set --rank per node), bank 128000/GPU, top-30
     # lr 1.5e-5 as committed in start.sh (the repo's other launch script and MoCo v3 use 1.5e-4)
-    python main_pretrain.py --method snclr -a vit_small -b 4096 --optimizer adamw --lr 1.5e-5 \
-        --weight-decay .1 --epochs 300 --warmup-epochs 40 --stop-grad-conv1 --moco-m-cos --moco-m 0.99 \
-        --moco-t .2 --crop-min .08 --bank-size 128000 --topk 30 --dataset imagenet --data "$DATA" \
+    python main_pretrain.py --config configs/snclr_in1k_vits.yaml --data "$DATA" \
         --results_dir "$OUT/snclr_vits" \
         --dist-url tcp://MASTER:13848 --multiprocessing-distributed --world-size 4 --rank 0
     python main_lincls.py -a vit_small --lr 3 -b 1024 --epochs 90 --dataset imagenet --data "$DATA" \
@@ -254,141 +274,128 @@ snclr_in1k_vits() {  # official start.sh: ViT-S, 4 nodes x 8 GPUs (set --rank pe
 }
 
 # ---------------------------------------------------------------- PatchMix (visresearch/patchmix)
-# Official lr = config lr x batch/256, as ours: --lr is the config's lr. Linear probe lr per
-# config/linear/vit_{tiny,small,base}_linear.py: 0.05, 0.02, 0.01 (x bs/256).
+# kNN (main_knn.py) and linear (main_linear.py): val Resize(size x 256/224, bicubic) + CenterCrop, so
+# 32 -> 36 -> 32 on CIFAR; ImageNet statistics everywhere. Linear: timm's 'sgd' (Nesterov), bicubic
+# crops, nn.Linear's default init; lr per config/linear/vit_{tiny,small,base}_linear.py (x bs/256).
 patchmix_in1k_vits() {  # ViT-S/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 crops; README linear 77.4, kNN 73.3
-    python main_pretrain.py --method patchmix -a vit_small --patch-size 16 -b 1024 --optimizer adamw \
-        --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 --exclude-norm-bias true \
-        --epochs 300 --warmup-epochs 10 --drop-path 0.1 --moco-m 0.996 --moco-m-cos \
-        --momentum-per-epoch true --moco-t 0.2 --crop-min 0.35 --local-crops 8 --local-crop-size 96 \
-        --local-crop-min 0.05 --mix-num 2 --mix-size 16 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
-        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vits" \
+    python main_pretrain.py --config configs/patchmix_in1k_vits.yaml --data "$DATA" \
+        --results_dir "$OUT/patchmix_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" --encoder momentum \
-        --nb-knn 10 20 100 200 --temperature 0.07 --dataset imagenet --data "$DATA" \
-        --results_dir "$OUT/patchmix_vits"
-    python main_lincls.py -a vit_small --encoder momentum --lr 0.02 -b 1024 --epochs 100 \
+        --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic --val-resize-ratio 256/224 \
+        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vits"
+    python main_lincls.py -a vit_small --encoder momentum --lr 0.02 -b 1024 --epochs 100 --optimizer nesterov \
+        --interpolation bicubic --val-resize-ratio 256/224 --head-init default \
         --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" \
         --results_dir "$OUT/patchmix_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
-patchmix_in1k_vitb() {  # ViT-B/16, the same with lr 7.5e-4 (vit_base_pretrain.py); README linear 80.2, kNN 76.2
-    python main_pretrain.py --method patchmix -a vit_base --patch-size 16 -b 1024 --optimizer adamw \
-        --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 --exclude-norm-bias true \
-        --epochs 300 --warmup-epochs 10 --drop-path 0.1 --moco-m 0.996 --moco-m-cos \
-        --momentum-per-epoch true --moco-t 0.2 --crop-min 0.35 --local-crops 8 --local-crop-size 96 \
-        --local-crop-min 0.05 --mix-num 2 --mix-size 16 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
-        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vitb" \
+patchmix_in1k_vitb() {  # ViT-B/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 crops; README linear 80.2, kNN 76.2
+    python main_pretrain.py --config configs/patchmix_in1k_vitb.yaml --data "$DATA" \
+        --results_dir "$OUT/patchmix_vitb" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" --encoder momentum \
-        --nb-knn 10 20 100 200 --temperature 0.07 --dataset imagenet --data "$DATA" \
-        --results_dir "$OUT/patchmix_vitb"
-    python main_lincls.py -a vit_base --encoder momentum --lr 0.01 -b 1024 --epochs 100 \
+        --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic --val-resize-ratio 256/224 \
+        --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vitb"
+    python main_lincls.py -a vit_base --encoder momentum --lr 0.01 -b 1024 --epochs 100 --optimizer nesterov \
+        --interpolation bicubic --val-resize-ratio 256/224 --head-init default \
         --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" \
         --results_dir "$OUT/patchmix_vitb" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
 patchmix_cifar10_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; README linear 94.4, kNN 92.9
-    # vit_tiny_pretrain.py: lr 2e-3, wd 0.02 -> 0.2, use_moco False (moco_m unused); evaluated: online encoder
-    python main_pretrain.py --method patchmix -a vit_tiny --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 2e-3 --min-lr 1e-6 --weight-decay 0.02 --weight-decay-end 0.2 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --momentum-encoder false \
-        --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
-        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt" \
+    python main_pretrain.py --config configs/patchmix_cifar10_vitt.yaml --data "$DATA" \
+        --results_dir "$OUT/patchmix_c10_vitt" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" \
-        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c10_vitt"
+        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt"
     python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
-        --epochs 100 --dataset cifar10 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vitt"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt" \
+        --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar"
 }
 
 patchmix_cifar10_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 96.0, kNN 94.6
-    python main_pretrain.py --method patchmix -a vit_small --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
-        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
-        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar10 --data "$DATA" \
+    python main_pretrain.py --config configs/patchmix_cifar10_vits.yaml --data "$DATA" \
         --results_dir "$OUT/patchmix_c10_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" \
-        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c10_vits"
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vits"
     python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
-        --epochs 100 --dataset cifar10 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vits"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vits" \
+        --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar"
 }
 
 patchmix_cifar10_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 96.6, kNN 95.8
-    # assumed: the README row used vit_base_pretrain.py's CIFAR branch (lr 7.5e-4; as committed it selects imagenet1k)
-    python main_pretrain.py --method patchmix -a vit_base --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
-        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
-        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar10 --data "$DATA" \
+    python main_pretrain.py --config configs/patchmix_cifar10_vitb.yaml --data "$DATA" \
         --results_dir "$OUT/patchmix_c10_vitb" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" \
-        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar10 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c10_vitb"
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitb"
     python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
-        --epochs 100 --dataset cifar10 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c10_vitb"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitb" \
+        --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar"
 }
 
 patchmix_cifar100_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; README linear 74.7, kNN 68.8
-    # vit_tiny_pretrain.py: lr 2e-3, wd 0.02 -> 0.2, use_moco False (moco_m unused); evaluated: online encoder
-    python main_pretrain.py --method patchmix -a vit_tiny --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 2e-3 --min-lr 1e-6 --weight-decay 0.02 --weight-decay-end 0.2 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --momentum-encoder false \
-        --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 --mix-p 1.0 --src-smoothing 0.1 --seed 7 \
-        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt" \
+    python main_pretrain.py --config configs/patchmix_cifar100_vitt.yaml --data "$DATA" \
+        --results_dir "$OUT/patchmix_c100_vitt" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" \
-        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c100_vitt"
+        --encoder online --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt"
     python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
-        --epochs 100 --dataset cifar100 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vitt"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt" \
+        --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar"
 }
 
 patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kNN 75.4
-    python main_pretrain.py --method patchmix -a vit_small --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
-        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
-        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar100 --data "$DATA" \
+    python main_pretrain.py --config configs/patchmix_cifar100_vits.yaml --data "$DATA" \
         --results_dir "$OUT/patchmix_c100_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" \
-        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c100_vits"
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vits"
     python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
-        --epochs 100 --dataset cifar100 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vits"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vits" \
+        --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar"
 }
 
 patchmix_cifar100_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 79.7, kNN 75.7
-    # assumed: the README row used vit_base_pretrain.py's CIFAR branch (lr 7.5e-4; as committed it selects imagenet1k)
-    python main_pretrain.py --method patchmix -a vit_base --patch-size 2 --img-size 32 -b 512 \
-        --optimizer adamw --lr 7.5e-4 --min-lr 1e-6 --weight-decay 0.04 --weight-decay-end 0.4 \
-        --exclude-norm-bias true --epochs 800 --warmup-epochs 100 --drop-path 0.1 --moco-m 0.996 \
-        --moco-m-cos --momentum-per-epoch true --moco-t 0.2 --crop-min 0.1 --mix-num 2 --mix-size 2 \
-        --mix-p 1.0 --src-smoothing 0.1 --seed 7 --dataset cifar100 --data "$DATA" \
+    python main_pretrain.py --config configs/patchmix_cifar100_vitb.yaml --data "$DATA" \
         --results_dir "$OUT/patchmix_c100_vitb" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
     python main_knn.py --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" \
-        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --dataset cifar100 --data "$DATA" \
-        --results_dir "$OUT/patchmix_c100_vitb"
+        --encoder momentum --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic \
+        --val-resize-ratio 256/224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitb"
     python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
-        --epochs 100 --dataset cifar100 --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" --results_dir "$OUT/patchmix_c100_vitb"
+        --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
+        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitb" \
+        --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar"
 }
 
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,7p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test|results)$' | sed 's/^/  /' ;;
+    ""|-h|--help) sed -n '2,8p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test|results)$' | sed 's/^/  /' ;;
     *) cmd=$1; shift; "$cmd" "$@" ;;
 esac

@@ -62,6 +62,8 @@ def shrink(cfg: dict) -> dict:
         out.update(arch="resnet18", width=8)
     if cfg["method"] == "mvmr":
         out["proj_dims"] = "256-256-256"  # official 8192-8192-8192 (the default when not set)
+    if cfg.get("accum_steps", 1) > 1:  # keep accumulating, on micro-batches of 8
+        out["accum_steps"] = 2
     return out
 
 
