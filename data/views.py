@@ -224,6 +224,7 @@ METHOD_VIEWS: dict[str, Recipe] = {
     "simclr": simclr_views,
     "beclr": beclr_views,
     "mvmr": mvmr_views,
+    "mvmr_clip": mvmr_views,  # the same [original, augmented] pair as MV-MR
     "patchmix": patchmix_views,
     "mocov2": mocov2_views,
     "mocov2_dsf": mocov2_views,

@@ -15,6 +15,7 @@ from typing import Callable
 
 from torch import nn
 
+from data.datasets import dataset_info
 from data.representations import REPRESENTATIONS, batch_augment, compute_representations
 from data.views import METHOD_VIEWS, Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
@@ -31,6 +32,7 @@ from models.beclr import BeCLRNet
 from models.moco import MoCoV3
 from models.mocov2 import MoCoV2CIFAR
 from models.mvmr import MVMR
+from models.mvmr_clip import MVMRCLIP, build_clip_teacher
 from models.nnclr import nnclr_heads
 from models.patchmix import PatchMixMoCo
 from models.simclr import SimCLR
@@ -190,6 +192,11 @@ METHODS: dict[str, Method] = {
         lambda a: DSFQueue(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
                            kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
                            bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric)),
+    "mvmr_clip": Method("MV-MR distillation (Kinakh et al. 2023): MV-MR with a frozen CLIP image "
+                        "encoder's embedding as the representation (1 - dCor with it)",
+                        lambda a, b, d: mvmr_clip_builder(a, b, d),  # defined below
+                        lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
+                                           representation_sign=-1.0)),
 }
 
 ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
@@ -297,6 +304,7 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
                    help="3x3/1 conv1 with max-pool kept (official small_kernel; default: "
                         "img_size <= 96)")
+    add_mvmr_clip_args(parser)
     g = parser.add_argument_group("PatchMix")
     g.add_argument("--mix-num", "--mix_num", dest="mix_num", default=2, type=int,
                    help="images per mixed image m (official: 2; 1 = no mixing)")
@@ -365,6 +373,7 @@ def beclr_stem(args: dict) -> dict:
 METHOD_BACKBONE: dict[str, Callable[[dict], dict]] = {
     "mocov3": lambda a: {"zero_init_residual": True},  # main_moco.py: resnet(zero_init_residual=True)
     "mvmr": mvmr_stem,
+    "mvmr_clip": mvmr_stem,
     "beclr": beclr_stem,
     "patchmix": lambda a: {"pos_embed": "learnable"},  # PatchMix keeps timm's learnable pos-embed
 }
@@ -387,3 +396,34 @@ def load_pretrained(path: str, prefer: str = "online") -> tuple[nn.Module, dict]
     model, _ = build_model(args)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt["args"]
+
+
+# ============ MV-MR CLIP distillation (docs/protocols.md section 2) ============
+
+
+def mvmr_clip_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMRCLIP:
+    """MV-MR student (as mvmr_builder, no hand-crafted representations) + frozen open_clip teacher."""
+    teacher = build_clip_teacher(args.clip_model, args.clip_pretrained, args.clip_image_size)
+    renormalize = None
+    if args.clip_renormalize:  # the official run feeds CLIP the student's normalisation
+        info = dataset_info(args.dataset)
+        mean, std = getattr(args, "mean", None) or info.mean, getattr(args, "std", None) or info.std
+        renormalize = ((tuple(mean), tuple(std)), (teacher.image_mean, teacher.image_std))
+    model = MVMRCLIP(backbone, feat_dim, teacher, proj_dims=args.proj_dims, small_kernel=False,
+                     zero_init_residual=False, renormalize=renormalize)
+    model.sync_bn = False  # as mvmr: the official Lightning Trainer has no sync_batchnorm
+    return model
+
+
+def add_mvmr_clip_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("MV-MR CLIP distillation (mvmr_clip; also reads the MV-MR flags)")
+    g.add_argument("--clip-model", default="ViT-B-16",
+                   help="open_clip teacher architecture (official: ViT-B-16)")
+    g.add_argument("--clip-pretrained", default="laion400m_e32",
+                   help="open_clip weights tag (official: laion400m_e32; 'none' = random, tests "
+                        "only); downloaded once, see docs/protocols.md")
+    g.add_argument("--clip-image-size", default=None, type=int,
+                   help="teacher input size in pixels (default: the model's, 224); tests only")
+    g.add_argument("--clip-renormalize", default=False, type=bool_flag,
+                   help="give CLIP its own input statistics (default: false = official, the "
+                        "student's normalised view as it is)")

@@ -152,3 +152,27 @@ def test_missing_weights_are_a_one_line_error(monkeypatch):
     with pytest.raises(SystemExit, match="cannot load CLIP ViT-B-16 .laion400m_e32.") as e:
         build_clip_teacher("ViT-B-16", "laion400m_e32")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_main_pretrain_trains_mvmr_clip_and_checkpoints_the_student_only(tmp_path):
+    pytest.importorskip("open_clip")
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "main_pretrain.py"), "--method", "mvmr_clip",
+           "--clip-pretrained", "none", "--clip-image-size", "32", "-a", "resnet18", "--width", "8",
+           "--proj-dims", "32-32-16", "--dataset", "fashion_mnist", "-b", "16", "--epochs", "1",
+           "--steps-per-epoch", "2", "--warmup-epochs", "0", "--knn-freq", "0", "--optimizer",
+           "adam", "--lr", "1e-3", "--results_dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dc_clip" in proc.stdout
+    (path,) = glob.glob(str(tmp_path / "checkpoint_*.pth.tar"))
+    state = torch.load(path, weights_only=True)["model"]
+    assert any(k.startswith("backbone.") for k in state)
+    assert not any("teacher" in k or "visual" in k for k in state)  # a plain MV-MR student
