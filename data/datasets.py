@@ -6,28 +6,25 @@ unlabeled, with label -1 for unlabeled images; the train split elsewhere).
 
 In-memory datasets (fashion_mnist, cifar*, stl10) hold one uint8 tensor [N, 3, H, W] and a label
 tensor, so the default collate gives raw uint8 batches for `BatchMultiView` on the GPU. Folder
-datasets (imagenet, in100, folder) are torchvision ImageFolder trees `root/train/<class>/<image>`
-and `root/val/<class>/<image>`, decoded in the DataLoader workers. Errors are one line and name
-the expected layout. An unreadable image (truncated, empty, not an image) fails with a one-line
-`BadImageError` naming the file (`on_bad_image="fail"`), or is replaced by the next readable image
-of the folder with a warning naming it (`on_bad_image="skip"`).
+datasets (imagenet, in100, folder) are ImageFolder trees `root/{train,val}/<class>/<image>` decoded
+in the DataLoader workers (data/folder.py: class list from train/, checked against val/; grayscale
+and 16-bit images decoded to 8-bit RGB; unreadable images fail or are skipped). Every dataset has
+`.classes` (names, label order) and `.targets` (labels, -1 = unlabeled) without decoding an image.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets as tvd
-from torchvision.transforms.v2 import functional as TF
 
 from data import fashion_mnist
+from data.folder import BadImageError, DatasetError, image_folder
 from data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -39,24 +36,11 @@ from data.transforms import (
     IMAGENET_STD,
 )
 
+__all__ = ["DATASETS", "BadImageError", "DatasetError", "DatasetInfo", "TensorImageDataset",
+           "WithIndex", "build_dataset", "dataset_info"]
 SPLITS = ("train", "val", "pretrain")
 BAD_IMAGE_POLICIES = ("fail", "skip")
-IN100_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "IN100.txt")
 Transform = Callable[..., object]
-
-
-class DatasetError(ValueError):
-    """A dataset is present but malformed (wrong layout, empty class folder, wrong class count)."""
-
-
-class BadImageError(DatasetError):
-    """An image file that cannot be decoded, with --on-bad-image fail."""
-
-    def __str__(self) -> str:
-        # a DataLoader worker's error comes back as BadImageError("Caught ... Original Traceback
-        # ...\n<module>.BadImageError: <message>"): keep the one-line message, drop the traceback
-        text = super().__str__().strip()
-        return text.splitlines()[-1].split("BadImageError: ", 1)[-1] if "\n" in text else text
 
 
 # CIFAR-100's 20 superclasses ("coarse labels"), 5 classes each; the fine label of a class is its
@@ -196,136 +180,18 @@ def _load_stl10(root: str, split: str, transform: Transform | None, download: bo
     return TensorImageDataset(images, targets, tuple(ds.classes), transform)
 
 
-def _pil_to_uint8(img: Image.Image) -> Tensor:
-    return TF.pil_to_tensor(img.convert("RGB"))
-
-
-# what PIL raises on a truncated, empty, missing or non-image file (and on decompression bombs)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class CheckedImageFolder(tvd.ImageFolder):
-    """ImageFolder whose unreadable images fail with one line naming the file, or are skipped.
-
-    Skipping replaces sample i by the next readable one (i+1, i+2, ... wrapping around), label
-    included: the batch keeps its shape, and the substitute depends on i alone, so a resumed run
-    draws the same batches. Each skipped file is warned about once per process; `skipped` maps
-    path -> reason (per process: every loader worker counts its own).
-    """
-
-    def __init__(self, path: str, transform: Transform, name: str, on_bad_image: str):
-        super().__init__(path, transform=transform)
-        self.name, self.on_bad_image = name, on_bad_image
-        self.skipped: dict[str, str] = {}
-
-    def __getitem__(self, index: int) -> tuple[object, int]:
-        for offset in range(len(self.samples)):
-            path, target = self.samples[(index + offset) % len(self.samples)]
-            if path in self.skipped:
-                continue
-            try:
-                image = self.loader(path)
-            except _DECODE_ERRORS as e:
-                self._bad(path, e)
-                continue
-            return self.transform(image), target
-        raise BadImageError(f"{self.name}: no readable image in {self.root}")
-
-    def _bad(self, path: str, error: Exception) -> None:
-        first = (str(error).strip().splitlines() or [""])[0]
-        reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
-        if self.on_bad_image == "fail":
-            raise BadImageError(
-                f"{self.name}: cannot read image {path} ({reason}); replace or delete the file, "
-                "or pass --on-bad-image skip to skip unreadable images"
-            )
-        self.skipped[path] = reason
-        warnings.warn(
-            f"{self.name}: skipped unreadable image {path} ({reason}); the next readable image "
-            f"stands in for it ({len(self.skipped)} skipped so far in this process)",
-            stacklevel=2,
-        )
-
-
-def _image_folder(
-    root: str,
-    split: str,
-    transform: Transform | None,
-    name: str,
-    num_classes: int | None,
-    on_bad_image: str = "fail",
-) -> Dataset:
-    """CheckedImageFolder on root/train or root/val, with one-line errors naming the layout."""
-    sub = "val" if split == "val" else "train"
-    path = os.path.join(root, sub)
-    layout = f"expected {root}/{{train,val}}/<class>/<image>"
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{name}: {path} is not a directory ({layout}{_layout_hint(root)})")
-    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
-    if not classes:
-        raise DatasetError(f"{name}: no class folders in {path} ({layout})")
-    if num_classes is not None and len(classes) != num_classes:
-        hint = " (build it with generate_IN100.py)" if name == "in100" else ""
-        raise DatasetError(
-            f"{name}: expected {num_classes} class folders in {path}, found {len(classes)}{hint}"
-        )
-    if name == "in100":
-        _check_in100_classes(classes, path)
-    try:
-        return CheckedImageFolder(path, transform or _pil_to_uint8, name, on_bad_image)
-    except FileNotFoundError:  # ImageFolder found a class folder without any image
-        empty = [c for c in classes if not _has_image(os.path.join(path, c))]
-        raise DatasetError(
-            f"{name}: empty class folder(s) in {path}: {_first(empty)} ({layout}; add images "
-            "or remove the folders)"
-        ) from None
-
-
-def _first(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _layout_hint(root: str) -> str:
-    """Why root/<split> is missing, when it can be guessed: a wrong --data, or a split folder."""
-    if not os.path.isdir(root):
-        return f"; {root} does not exist: check --data"
-    if os.path.basename(os.path.normpath(root)) in ("train", "val"):
-        return f"; {root} looks like a split folder: pass its parent"
-    return ""
-
-
-def _check_in100_classes(classes: list[str], path: str) -> None:
-    """ImageNet-100 folders must be the classes of IN100.txt (results compare on one list)."""
-    with open(IN100_LIST) as f:
-        expected = {line.strip() for line in f if line.strip()}
-    extra, missing = sorted(set(classes) - expected), sorted(expected - set(classes))
-    if extra or missing:
-        raise DatasetError(
-            f"in100: the class folders of {path} are not the IN100.txt list (missing "
-            f"{len(missing)}: {_first(missing, 3) or '-'}; unexpected {len(extra)}: "
-            f"{_first(extra, 3) or '-'}); build it with generate_IN100.py, or use --dataset folder "
-            "for another class list"
-        )
-
-
-def _has_image(folder: str) -> bool:
-    return any(
-        f.lower().endswith(tvd.folder.IMG_EXTENSIONS)
-        for _, _, files in os.walk(folder)
-        for f in files
-    )
-
-
 # ============ the registry ============
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the scripts need to know about a dataset before building it.
+    """What the scripts need to know about a dataset.
 
-    num_classes is None for `folder` (read len(dataset.classes)); in_memory datasets yield uint8
-    tensors of one size (use BatchMultiView/BatchEval on the batch), the others are decoded per
-    sample (use MultiViewTransform/eval_transform in the workers).
+    The registry's entry is what is known before reading the data (num_classes is None for
+    `folder`, classes empty). The loaders of data/loaders.py return the run's copy: the real class
+    names and count (read off the built dataset), and the normalisation in use (--mean/--std).
+    in_memory datasets yield uint8 tensors of one size (use BatchMultiView/BatchEval on the batch),
+    the others are decoded per sample (use MultiViewTransform/eval_transform in the workers).
     """
 
     mean: tuple[float, float, float]
@@ -334,13 +200,14 @@ class DatasetInfo:
     num_classes: int | None
     in_memory: bool
     loader: Callable[..., Dataset] = field(repr=False, compare=False)
+    classes: tuple[str, ...] = ()
 
 
 def _folder_loader(name: str, num_classes: int | None) -> Callable[..., Dataset]:
     def load(
         root: str, split: str, transform: Transform | None, download: bool, on_bad_image: str
     ) -> Dataset:
-        return _image_folder(root, split, transform, name, num_classes, on_bad_image)
+        return image_folder(root, split, transform, name, num_classes, on_bad_image)
 
     return load
 

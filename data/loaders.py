@@ -6,19 +6,28 @@ Two data paths make the same views:
   the training device by ``BatchMultiView`` (the fast path);
 - folder datasets (ImageNet, IN-100, any ImageFolder) decode in loader workers and make each view
   there with ``MultiViewTransform`` (the reference per-sample path).
+
+Both builders return the run's ``DatasetInfo``: the real class names and count (a folder tree's
+come from its train/ folders) and the normalisation in use (--mean/--std, else the dataset's). They
+record what the run used in ``args`` (``class_names``, ``mean``, ``std``, ``<split>_images``), which
+checkpoints and results.json save. ``--train-subset`` / ``--val-subset`` are seeded class-balanced
+samples (data/subsets.py), the same on every rank.
 """
 
 from __future__ import annotations
 
-import copy
 import signal
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from data.datasets import WithIndex, build_dataset, dataset_info
+from data.datasets import DatasetInfo, WithIndex, build_dataset, dataset_info
+from data.folder import find_grayscale
+from data.stats import compute_stats, stats_flags
+from data.subsets import make_subset
 from data.transforms import BatchEval, BatchMultiView, MultiViewTransform, ViewSpec, eval_transform
 from utils import dist
 from utils.sampler import ResumableSampler
@@ -108,19 +117,83 @@ def _loader(
     )
 
 
-def first_n(dataset: Any, n: int) -> Any:
-    """The first n samples (n <= 0: all); in-memory datasets stay in-memory."""
-    if n <= 0 or n >= len(dataset):
-        return dataset
-    if _in_memory(dataset):
-        subset = copy.copy(dataset)
-        subset.images, subset.targets = dataset.images[:n], dataset.targets[:n]
-        return subset
-    return Subset(dataset, range(n))
+def first_n(dataset: Any, n: int, seed: int = 0) -> Any:
+    """Old name of `make_subset`: n seeded, class-balanced samples (no longer the first n)."""
+    return make_subset(dataset, n, seed)
 
 
 def _root(args: Any) -> str:
     return args.data  # empty: the dataset's default location (bundled set: datasets/fashion-mnist)
+
+
+def _subset_seed(args: Any) -> int:
+    """The subset draw depends on --seed alone (never the rank): every process, every resume."""
+    return args.seed if getattr(args, "seed", None) is not None else 0
+
+
+def _channels(args: Any, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    value = getattr(args, name, None)
+    if value is None:
+        return tuple(default)
+    if len(value) != 3 or (name == "std" and min(value) <= 0):
+        positive = " (all > 0)" if name == "std" else ""
+        raise SystemExit(f"error: --{name} takes 3 numbers, R G B{positive}, got {list(value)}; "
+                         "--compute-stats N estimates them")
+    return tuple(float(v) for v in value)
+
+
+def resolve_info(args: Any) -> DatasetInfo:
+    """The registry's info with the run's normalisation (--mean/--std, else the dataset's),
+    recorded in args.mean/args.std. With --compute-stats N: print the stats and exit."""
+    info = dataset_info(args.dataset)
+    if getattr(args, "compute_stats", 0) > 0:
+        print_stats_and_exit(args)
+    mean, std = _channels(args, "mean", info.mean), _channels(args, "std", info.std)
+    args.mean, args.std = list(mean), list(std)
+    return replace(info, mean=mean, std=std)
+
+
+def print_stats_and_exit(args: Any) -> None:
+    """--compute-stats N: mean/std of N seeded-random training images, as a flag line; exit 0."""
+    dataset = build_dataset(args.dataset, _root(args), "train", on_bad_image=args.on_bad_image)
+    n = min(args.compute_stats, len(dataset))
+    mean, std = compute_stats(dataset, n, _subset_seed(args), args.workers)
+    where = _root(args) or "its default location"
+    print(f"# per-channel stats of {n} random training images of {args.dataset} ({where})")
+    print(stats_flags(mean, std))
+    raise SystemExit(0)
+
+
+def with_classes(info: DatasetInfo, dataset: Any, args: Any) -> DatasetInfo:
+    """info with the dataset's class names and count, recorded in args.class_names."""
+    classes = tuple(str(c) for c in dataset.classes)
+    args.class_names = list(classes)
+    return replace(info, classes=classes, num_classes=len(classes))
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce_grayscale(dataset: Any, args: Any) -> None:
+    """Say once per process (not per split or epoch) that grayscale images become 3 channels."""
+    key = (args.dataset, _root(args))
+    if not hasattr(dataset, "samples") or key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    path = find_grayscale(dataset.samples, seed=_subset_seed(args))
+    if path:
+        print(f"{args.dataset}: grayscale images (e.g. {path}) are read as 3 identical channels "
+              "(16-bit ones scaled to 8 bits); --compute-stats N gives their --mean/--std")
+
+
+def _build(args: Any, split: str, transform: Any, subset: int) -> Any:
+    """The split, subsampled (seeded, class-balanced); its size is recorded as args.<split>_images."""
+    dataset = build_dataset(args.dataset, _root(args), split, transform=transform,
+                            on_bad_image=args.on_bad_image)
+    _announce_grayscale(dataset, args)
+    dataset = make_subset(dataset, subset, _subset_seed(args))
+    setattr(args, f"{split}_images", len(dataset))
+    return dataset
 
 
 def build_view_loader(
@@ -130,7 +203,7 @@ def build_view_loader(
 
     make_views turns what the loader yields into the views list[[B, C, s, s]] on args.device.
     """
-    info = dataset_info(args.dataset)
+    info = resolve_info(args)
     on_device = args.aug_device == "device" or (args.aug_device == "auto" and info.in_memory)
     if on_device and not info.in_memory:
         raise SystemExit(
@@ -138,12 +211,8 @@ def build_view_loader(
             "decoded in loader workers: use --aug-device workers"
         )
     transform = None if on_device else MultiViewTransform(specs, info.mean, info.std)
-    dataset = first_n(
-        build_dataset(
-            args.dataset, _root(args), split, transform=transform, on_bad_image=args.on_bad_image
-        ),
-        args.train_subset,
-    )
+    dataset = _build(args, split, transform, args.train_subset)
+    info = with_classes(info, dataset, args)
     if not on_device:  # views drawn in workers: seed each sample from (seed, epoch, index)
         dataset = SeededSamples(dataset, args.seed or 0)
     args.num_views = len(specs)
@@ -185,24 +254,11 @@ def build_eval_loaders(
     train_transform: Any = None,
 ) -> tuple[Any, Any, Callable, Any]:
     """Index-returning (train, val) loaders and `prepare` (uint8 batch -> normalised input)."""
-    info = dataset_info(args.dataset)
+    info = resolve_info(args)
     per_sample = None if info.in_memory else eval_transform(size, info.mean, info.std)
-    train = first_n(
-        build_dataset(
-            args.dataset,
-            _root(args),
-            train_split,
-            transform=train_transform or per_sample,
-            on_bad_image=args.on_bad_image,
-        ),
-        args.train_subset,
-    )
-    val = first_n(
-        build_dataset(
-            args.dataset, _root(args), "val", transform=per_sample, on_bad_image=args.on_bad_image
-        ),
-        args.val_subset,
-    )
+    train = _build(args, train_split, train_transform or per_sample, args.train_subset)
+    val = _build(args, "val", per_sample, args.val_subset)
+    info = with_classes(info, train, args)
     rank, world = dist.get_rank(), dist.get_world_size()
     loaders = [
         _loader(

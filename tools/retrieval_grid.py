@@ -7,7 +7,8 @@ Row i shows a query from the val split (grey border), then its top-k training im
 similarity, bordered green when the neighbour's label is the query's and red otherwise. The encoder,
 the loaders and the feature extraction are main_knn.py's (build_encoder: backbone features in eval
 mode by default; build_eval_loaders; utils.knn.extract_features), so the grid shows the neighbours
-the kNN vote uses. Images are shown as the encoder sees them, denormalised. Every flag of
+the kNN vote uses. Images are shown as the encoder sees them, denormalised with the run's --mean
+and --std; labels are the run's class names (a folder tree's class folders). Every flag of
 main_knn.py applies (--encoder momentum, --features projector, --random-init, --train-subset).
 """
 
@@ -51,13 +52,6 @@ def nearest(query_f: Tensor, bank_f: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     sim = F.normalize(query_f, dim=1) @ F.normalize(bank_f, dim=1).T  # [Q, N]
     return sim.topk(min(k, bank_f.shape[0]), dim=1)
-
-
-def _base(dataset: Any) -> Any:
-    """The innermost dataset under WithIndex/Subset wrappers (it has the class names)."""
-    while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
-    return dataset
 
 
 def load_images(loader: Any, indices: list[int], prepare: Any, device: torch.device) -> Tensor:
@@ -134,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     q_x = load_images(val_loader, q_idx, prepare, args.device)
     q_y = [int(val_loader.dataset[i][1]) for i in q_idx]
     rows = nearest(encode(q_x).float(), bank_f, args.neighbours)[1].tolist()  # [Q][k] indices
-    classes = getattr(_base(train_loader.dataset), "classes", None)
-    name = (lambda y: classes[y]) if classes else str
+    name = (lambda y: info.classes[y]) if info.classes else str  # the run's class names
     correct = [[int(bank_y[j]) == y for j in row] for row, y in zip(rows, q_y)]
     precision = 100.0 * sum(map(sum, correct)) / max(1, sum(map(len, correct)))
     show = partial(denormalise, mean=info.mean, std=info.std)

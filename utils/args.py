@@ -20,9 +20,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-j", "--workers", default=4, type=int,
                    help="data loading workers per process (default: 4; in-memory datasets use none)")
     g.add_argument("--train-subset", default=0, type=int,
-                   help="use only the first N training images (quick experiments, tests; 0 = all)")
+                   help="use N training images, a class-balanced sample seeded by --seed, the same "
+                        "on every process (quick experiments, tests; 0 = all)")
     g.add_argument("--val-subset", default=0, type=int,
-                   help="use only the first N validation images (0 = all)")
+                   help="use N validation images, drawn as --train-subset (0 = all)")
+    g.add_argument("--mean", default=None, type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation mean in [0, 1] (default: the dataset's; ImageNet's for "
+                        "folder trees): set it for your own data, see --compute-stats")
+    g.add_argument("--std", default=None, type=float, nargs=3, metavar=("R", "G", "B"),
+                   help="normalisation std (default: the dataset's); set it with --mean")
+    g.add_argument("--compute-stats", default=0, type=int, metavar="N",
+                   help="print --mean/--std of N random training images as a flag line and exit "
+                        "(0 = off; e.g. 2000)")
     g.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
                    help="an unreadable image in a folder dataset stops the run with its path "
                         "(fail), or is replaced by the next readable image with a warning (skip)")

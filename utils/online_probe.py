@@ -7,7 +7,8 @@ changes the encoder. Any method can use it (`main_pretrain.py --online-probe tru
 
 We feed it the labels of the training batch (MV-MR iterates a separate labelled loader): the
 images are the same, the RNG stream of the training run is untouched, and resume stays exact.
-Samples labelled -1 (STL-10's unlabeled split) are left out.
+Samples labelled -1 (STL-10's unlabeled split) are left out. The class count is the dataset's real
+one (`DatasetInfo.num_classes` from data/loaders.py: a folder tree's train/ class folders).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class OnlineProbe:
 
     def __init__(self, feat_dim: int, num_classes: int, device: torch.device | str,
                  lr: float = 1e-4, wrap: Callable[[nn.Module], nn.Module] | None = None):
+        if not num_classes or num_classes < 2:
+            raise ValueError(f"the online probe needs the dataset's class count (>= 2), got "
+                             f"{num_classes!r}: pass the num_classes of the loader's DatasetInfo")
         self.head = nn.Linear(feat_dim, num_classes).to(device)
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=lr)
         self._forward = wrap(self.head) if wrap is not None else self.head
@@ -62,5 +66,9 @@ class OnlineProbe:
         return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        saved, ours = state["head"]["weight"].shape[0], self.head.out_features
+        if saved != ours:  # same run, other data: a one-line error instead of a size mismatch
+            raise SystemExit(f"error: the checkpoint's online probe has {saved} classes, this "
+                             f"dataset {ours}: resume on the data it was trained on")
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
