@@ -25,7 +25,8 @@ from utils.args import add_common_args, parse_with_config
 from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, prune_checkpoints,
                               restore_training_state, save_atomic, training_state)
 from utils.finetune import (Classifier, accuracy, build_criterion, build_ema, build_mixup,
-                            build_optimizer, build_scheduler, set_drop_path, set_lr)
+                            build_optimizer, build_scheduler, set_drop_path, set_lr,
+                            unfreeze_pos_embed)
 from utils.knn import encoder_in_eval, extract_features
 from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
 from utils.misc import bool_flag, probability, seed_everything, to_device
@@ -53,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--encoder", default="online", choices=["online", "momentum"],
                    help="which backbone of a momentum method (PatchMix fine-tunes the momentum one)")
     g.add_argument("--drop-path", default=0.0, type=probability, help="ViT stochastic depth (0.1 DeiT)")
+    g.add_argument("--train-pos-embed", default=False, type=bool_flag,
+                   help="train a fixed sin-cos position embedding (DeiT fine-tuning a moco-v3 ViT)")
     g.add_argument("--features", default="backbone", help=argparse.SUPPRESS)
     g.add_argument("--similarity", default="cosine", help=argparse.SUPPRESS)
     g = parser.add_argument_group("labels (semi-supervised)")
@@ -143,6 +146,8 @@ def main_worker(gpu, args):
     backbone, run = build_encoder(args)
     args.img_size = args.img_size or run["img_size"]
     set_drop_path(backbone, args.drop_path)
+    if args.train_pos_embed:
+        unfreeze_pos_embed(backbone)
 
     # ============ data ============
     info = dataset_info(args.dataset)
@@ -274,5 +279,12 @@ def evaluate(model, val_loader, prepare, args, prefix: str) -> dict:
 
 
 if __name__ == "__main__":
+    from data.datasets import DATASETS
+    from models import BACKBONES
+    from models.methods import ALIASES, METHODS
+    from utils import cli
+    from utils.validate import Known
+
     parser = argparse.ArgumentParser("Fine-tuning", parents=[get_args_parser()])
-    main(parse_with_config(parser))
+    known = Known(BACKBONES, [*METHODS, *ALIASES], DATASETS, min_batch_per_process=2)
+    cli.run(main, parse_with_config(parser, known=known))

@@ -66,6 +66,14 @@ def set_drop_path(backbone: nn.Module, rate: float) -> None:
         block.drop_path.drop_prob = r
 
 
+def unfreeze_pos_embed(backbone: nn.Module) -> None:
+    """Make a fixed (sin-cos) position embedding trainable, as DeiT does when it loads a moco-v3
+    checkpoint into its learnable one."""
+    if not hasattr(backbone, "pos_embed"):
+        raise SystemExit("error: --train-pos-embed needs a ViT backbone; drop it for a ResNet")
+    backbone.pos_embed.requires_grad_(True)
+
+
 def build_optimizer(model: nn.Module, args: Any) -> torch.optim.Optimizer:
     """timm's optimizer factory: no decay on 1-D parameters and the model's no_weight_decay list
     (unless --wd-exclude-norm-bias false), lr_scale per layer with --layer-decay."""
