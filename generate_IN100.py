@@ -19,6 +19,8 @@ import re
 import shutil
 import sys
 
+from utils import cli
+
 WNID = re.compile(r"^n\d{8}$")
 
 
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    args = cli.one_line_usage(parser).parse_args(argv)
     wnids = read_classes(args.classes)
     for split_src, split_dst in plan(args.src, args.dst, args.splits, wnids):
         os.makedirs(split_dst, exist_ok=True)
@@ -147,4 +150,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run(main, sys.argv[1:], debug="--debug" in sys.argv[1:])

@@ -108,5 +108,12 @@ def main_worker(gpu, args):
 
 
 if __name__ == "__main__":
+    from data.datasets import DATASETS
+    from models import BACKBONES
+    from models.methods import ALIASES, METHODS
+    from utils import cli
+    from utils.validate import Known
+
     parser = argparse.ArgumentParser("Weighted kNN evaluation", parents=[get_args_parser()])
-    main(parse_with_config(parser))
+    known = Known(BACKBONES, [*METHODS, *ALIASES], DATASETS, global_batch=False)
+    cli.run(main, parse_with_config(parser, known=known))

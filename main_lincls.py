@@ -159,5 +159,12 @@ def sanity_check(state, frozen) -> None:
 
 
 if __name__ == "__main__":
+    from data.datasets import DATASETS
+    from models import BACKBONES
+    from models.methods import ALIASES, METHODS
+    from utils import cli
+    from utils.validate import Known
+
     parser = argparse.ArgumentParser("Linear probe", parents=[get_args_parser()])
-    main(parse_with_config(parser))
+    known = Known(BACKBONES, [*METHODS, *ALIASES], DATASETS)
+    cli.run(main, parse_with_config(parser, known=known))

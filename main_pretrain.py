@@ -115,6 +115,8 @@ def main(args: argparse.Namespace) -> None:
     try:
         dist.launch(main_worker, args)
     except (DatasetError, FileNotFoundError) as e:  # bad data: one line, not a traceback
+        if getattr(args, "debug", False):
+            raise
         sys.exit(f"error: {e}")
 
 
@@ -296,6 +298,14 @@ def monitor(model, probe, knn_due, args) -> dict:
 
 
 if __name__ == "__main__":
+    from data.datasets import DATASETS
+    from models import BACKBONES
+    from models.methods import ALIASES, METHODS
+    from utils import cli
+    from utils.validate import Known
+
     parser = argparse.ArgumentParser("Multi-view contrastive pretraining",
                                      parents=[get_args_parser()])
-    main(parse_with_config(parser))
+    known = Known(BACKBONES, [*METHODS, *ALIASES], DATASETS, min_batch_per_process=2,
+                  drop_last=True)
+    cli.run(main, parse_with_config(parser, known=known))

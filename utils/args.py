@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 
+from utils.cli import add_debug_flag, one_line_usage
 from utils.misc import bool_flag
+from utils.validate import Known, validate
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -79,24 +81,48 @@ def add_checkpoint_and_monitor_args(parser: argparse.ArgumentParser) -> None:
                    help="cap on steps per epoch for smoke tests (0 = the whole dataset)")
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None
-                      ) -> argparse.Namespace:
-    """Two-stage parse (timm): a --config YAML sets defaults, then the command line overrides."""
-    argv = sys.argv[1:] if argv is None else argv
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="")
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        import yaml
+def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The flag defaults of a --config YAML file; anything unusable is one usage line."""
+    import yaml
 
-        if not os.path.isfile(known.config):
-            parser.error(f"--config {known.config}: no such file (see configs/)")
-        with open(known.config) as f:
-            values = yaml.safe_load(f) or {}
-        dests = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - dests)
-        if unknown:
-            parser.error(f"--config {known.config}: unknown keys {unknown} (use the flags' "
-                         "snake_case names)")
-        parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    if not os.path.isfile(path):
+        parser.error(f"--config {path}: no such file (see configs/)")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        parser.error(f"--config {path}: cannot read it ({e})")
+    except yaml.YAMLError as e:  # keep the line and column, drop yaml's multi-line excerpt
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        parser.error(f"--config {path} is not valid YAML{where}: {problem}")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        parser.error(f"--config {path} holds a {type(values).__name__}, not a mapping of flag "
+                     "names to values (e.g. 'batch_size: 256')")
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(set(map(str, values)) - dests)
+    if unknown:
+        parser.error(f"--config {path}: unknown keys {unknown} (use the flags' snake_case names)")
+    return values
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                      known: Known | None = None) -> argparse.Namespace:
+    """Two-stage parse (timm): a --config YAML sets defaults, then the command line overrides.
+
+    Usage errors are one line (exit 2); then every flag value and combination that cannot work is
+    rejected (utils/validate.py, with the registries in `known`) before any data or model is built.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    one_line_usage(parser)
+    add_debug_flag(parser)
+    pre = one_line_usage(argparse.ArgumentParser(add_help=False))
+    pre.add_argument("--config", default="")
+    config, _ = pre.parse_known_args(argv)
+    if config.config:
+        parser.set_defaults(**read_config(parser, config.config))
+    args = parser.parse_args(argv)
+    validate(parser, args, known)
+    return args

@@ -64,11 +64,27 @@ def load_checkpoint(path: str) -> dict:
     """torch.load(weights_only=True) with a one-line error naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"cannot load checkpoint {path}: {first}") from None
+    with warnings.catch_warnings(record=True) as caught:  # a corrupt file's warnings are noise
+        warnings.simplefilter("always")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+            raise RuntimeError(unreadable_checkpoint(path, e)) from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ckpt
+
+
+def unreadable_checkpoint(path: str, error: Exception) -> str:
+    """What to do about a checkpoint that torch.load refuses. torch's own text advises
+    weights_only=False: the wrong way for a file cut short (a crash or a full disk during a copy)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:  # a real pickled object: DINO/MAE-style checkpoints pickle argparse.Namespace
+        what = found.group(1)
+        return (f"cannot load checkpoint {path}: it pickles a Python object ({what}), "
+                "and checkpoints load with weights_only=True; re-save it as plain tensors and dicts")
+    return (f"cannot load checkpoint {path}: the file is corrupt or truncated; resume from the "
+            "previous one with --resume PATH (or --resume auto), or delete it")
 
 
 def find_resume(resume: str, results_dir: str) -> tuple[str, dict] | None:
