@@ -1,12 +1,16 @@
-"""Build ImageNet-100 (the classes listed in IN100.txt) from ImageNet, by symlinks or copies.
+"""Build an ImageNet class subset (IN100.txt by default) from ImageNet, by symlinks or copies.
 
     python generate_IN100.py --src /data/imagenet --dst /data/in100       # train/ and val/
+    python generate_IN100.py --src /data/imagenet --dst /data/in50 --classes in50   # MV-MR's lists
     python generate_IN100.py --source_folder /data/imagenet/train \
         --target_folder /data/in100/train --target_class IN100.txt         # DSF's usage: one split
 
 The source is SRC/<split>/<wnid>/<image> for each of --splits (val in class folders, as
 ImageFolder expects); if SRC itself holds the class folders (DSF's usage), it is one split and DST
-gets the class folders directly. Every missing class is reported by WNID before anything is
+gets the class folders directly. --classes takes a file of WNIDs or the name of a list shipped
+beside this script: in100 (IN100.txt, CMC's list), in50 / in200 (IN50.txt / IN200.txt, MV-MR's
+data/imagenet_subsets lists) or in100_mvmr (MV-MR's 100 classes, not the same as IN100.txt).
+Every missing class is reported by WNID before anything is
 written. Re-running is safe: class folders already linked are kept, and --copy only copies the
 files not there yet.
 """
@@ -22,10 +26,12 @@ import sys
 from utils import cli
 
 WNID = re.compile(r"^n\d{8}$")
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLASS_LISTS = {"in50": "IN50.txt", "in100": "IN100.txt", "in200": "IN200.txt",
+               "in100_mvmr": "IN100_mvmr.txt"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser("Build ImageNet-100 from ImageNet", add_help=False)
     parser.add_argument(
         "--src",
@@ -46,8 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--classes",
         "--target_class",
         dest="classes",
-        default=os.path.join(here, "IN100.txt"),
-        help="file with one WNID per line (default: IN100.txt next to this script)",
+        default="in100",
+        help="file with one WNID per line, or a shipped list: in50, in100, in200, in100_mvmr "
+        "(default: in100 = IN100.txt)",
     )
     parser.add_argument(
         "--copy",
@@ -64,8 +71,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def class_list_path(name_or_path: str) -> str:
+    """A shipped list's file (in50, in100, in200, in100_mvmr) or the path itself."""
+    if name_or_path in CLASS_LISTS:
+        return os.path.join(HERE, CLASS_LISTS[name_or_path])
+    if not os.path.isfile(name_or_path):
+        raise SystemExit(f"error: --classes {name_or_path}: no such file (or give one of "
+                         f"{', '.join(CLASS_LISTS)})")
+    return name_or_path
+
+
 def read_classes(path: str) -> list[str]:
     """WNIDs from a text file: one per line; blank lines and '#' comments are ignored."""
+    path = class_list_path(path)
     with open(path) as f:
         lines = [line.split("#")[0].strip() for line in f]
     wnids = [line for line in lines if line]

@@ -6,10 +6,11 @@ unlabeled, with label -1 for unlabeled images; the train split elsewhere).
 
 In-memory datasets (fashion_mnist, cifar*, stl10) hold one uint8 tensor [N, 3, H, W] and a label
 tensor, so the default collate gives raw uint8 batches for `BatchMultiView` on the GPU. Folder
-datasets (imagenet, in100, folder) are ImageFolder trees `root/{train,val}/<class>/<image>` decoded
-in the DataLoader workers (data/folder.py: class list from train/, checked against val/; grayscale
-and 16-bit images decoded to 8-bit RGB; unreadable images fail or are skipped). Every dataset has
-`.classes` (names, label order) and `.targets` (labels, -1 = unlabeled) without decoding an image.
+datasets (imagenet, in50/in100/in200, folder) are ImageFolder trees
+`root/{train,val}/<class>/<image>` decoded in the DataLoader workers (data/folder.py: class list
+from train/, checked against val/; grayscale and 16-bit images decoded to 8-bit RGB; unreadable
+images fail or are skipped). Every dataset has `.classes` (names, label order) and `.targets`
+(labels, -1 = unlabeled) without decoding an image.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 
 from data import fashion_mnist
-from data.folder import BadImageError, DatasetError, image_folder
+from data.folder import BadImageError, DatasetError, class_folders, image_folder
 from data.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -203,10 +204,56 @@ class DatasetInfo:
     classes: tuple[str, ...] = ()
 
 
+# ImageNet class subsets: the list file each dataset's tree must match (docs/protocols.md)
+CLASS_LISTS = {"in50": "IN50.txt", "in100": "IN100.txt", "in200": "IN200.txt"}
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_class_list(path: str) -> list[str]:
+    """Class folder names (WNIDs) of a list file: the first word of each line; '#' comments and
+    blank lines are skipped (so MV-MR's "wnid name" lines work as they are)."""
+    try:
+        with open(path) as f:
+            names = [line.split("#")[0].split()[0] for line in f if line.split("#")[0].strip()]
+    except OSError as e:
+        raise DatasetError(f"cannot read the class list {path}: {e.strerror}") from None
+    if not names:
+        raise DatasetError(f"the class list {path} names no class")
+    return names
+
+
+def check_class_list(root: str, split: str, name: str, list_file: str) -> None:
+    """The split folder must hold exactly the listed classes: one line naming the missing ones."""
+    path = os.path.join(root, "val" if split == "val" else "train")
+    if not os.path.isdir(path):
+        return  # image_folder reports the layout
+    listed, present = read_class_list(list_file), set(class_folders(path))
+    missing = [c for c in listed if c not in present]
+    extra = sorted(present - set(listed))
+    if missing or extra:
+        def first(v: list[str]) -> str:
+            return ", ".join(v[:5]) + (f" and {len(v) - 5} more" if len(v) > 5 else "")
+
+        raise DatasetError(
+            f"{name}: expected {len(listed)} class folders (the list {os.path.basename(list_file)})"
+            f" in {path}, found {len(present)}: missing {len(missing)}: {first(missing) or '-'}; "
+            f"unexpected {len(extra)}: {first(extra) or '-'}; build it with generate_IN100.py "
+            f"--classes {list_file}"
+        )
+
+
 def _folder_loader(name: str, num_classes: int | None) -> Callable[..., Dataset]:
     def load(
-        root: str, split: str, transform: Transform | None, download: bool, on_bad_image: str
+        root: str, split: str, transform: Transform | None, download: bool, on_bad_image: str,
+        class_list: str | None = None,
     ) -> Dataset:
+        if class_list and name != "folder":
+            raise DatasetError(f"--class-list checks a --dataset folder tree; {name} always "
+                               f"uses {CLASS_LISTS.get(name, 'all its classes')}")
+        listed = class_list or (os.path.join(_REPO, CLASS_LISTS[name]) if name in CLASS_LISTS
+                                else None)
+        if listed:
+            check_class_list(root, split, name, listed)
         return image_folder(root, split, transform, name, num_classes, on_bad_image)
 
     return load
@@ -221,8 +268,11 @@ DATASETS: dict[str, DatasetInfo] = {
     "stl10": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 96, 10, True, _load_stl10),  # as MV-MR
     "imagenet": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, 1000, False,
                             _folder_loader("imagenet", 1000)),
+    "in50": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, 50, False, _folder_loader("in50", 50)),
     "in100": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, 100, False,
                          _folder_loader("in100", 100)),
+    "in200": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, 200, False,
+                         _folder_loader("in200", 200)),
     "folder": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, None, False,
                           _folder_loader("folder", None)),
 }  # fmt: skip
@@ -242,12 +292,15 @@ def build_dataset(
     transform: Transform | None = None,
     download: bool = False,
     on_bad_image: str = "fail",
+    class_list: str | None = None,
 ) -> Dataset:
     """The `split` ("train", "val", "pretrain") of dataset `name` stored under `root`.
 
     Yields (transform(image) or uint8 [3, H, W], label). `download` only applies to the
     torchvision datasets (cifar*, stl10); `on_bad_image` ("fail" or "skip", see
     CheckedImageFolder) only to the folder datasets, the others decode nothing per sample.
+    `class_list` (a file of class folder names) makes a `folder` tree hold exactly those classes;
+    in50 / in100 / in200 always check theirs (CLASS_LISTS).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
@@ -255,5 +308,7 @@ def build_dataset(
         raise ValueError(f"unknown on_bad_image {on_bad_image!r}; choose from {BAD_IMAGE_POLICIES}")
     info = dataset_info(name)
     if info.in_memory:
+        if class_list:
+            raise DatasetError(f"--class-list applies to folder datasets, not {name}")
         return info.loader(root, split, transform, download)
-    return info.loader(root, split, transform, download, on_bad_image)
+    return info.loader(root, split, transform, download, on_bad_image, class_list)
