@@ -1,13 +1,14 @@
-"""PASCAL VOC 2007 multi-label classification: a linear layer on a frozen encoder (MV-MR's transfer).
+"""PASCAL VOC 2007 multi-label classification: a linear layer on a frozen encoder (MV-MR transfer).
 
     python main_voc07.py --pretrained CKPT --data /data/voc --results_dir RUN   # official settings
     python main_voc07.py --pretrained CKPT --data /data/voc --train-split trainval --val-split test
 
 --data holds torchvision's VOCDetection layout, VOCdevkit/VOC2007/{JPEGImages,Annotations,
 ImageSets/Main/<split>.txt} (--data may also point at VOCdevkit or VOC2007). An image's target is
-the 20-way 0/1 vector of the classes of its non-difficult objects (MV-MR `encode_labels`). Each epoch
-re-extracts the augmented train features (utils/knn.extract_features, so DDP shards the encoding),
-then every rank trains the same linear layer on them (BCE with logits, Adam) with the same seed.
+the 20-way 0/1 vector of the classes of its non-difficult objects (MV-MR `encode_labels`). Each
+epoch re-extracts the augmented train features (utils/knn.extract_features, so DDP shards the
+encoding), then every rank trains the same linear layer on them (BCE with logits, Adam) with the
+same seed.
 The report: mAP over the classes, as area under the precision-recall curve and as VOC's 11-point
 interpolation, and MV-MR's number, the AP of all (image, class) pairs pooled (docs/protocols.md).
 """
@@ -34,9 +35,9 @@ from utils.misc import bool_flag, seed_everything
 from utils.results import write_results
 from utils.sampler import ResumableSampler
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
 VOC_MEAN, VOC_STD = (0.45704722, 0.43824774, 0.4061733), (0.23908591, 0.23509644, 0.2397309)
 
 
@@ -54,11 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-size", default=None, type=int)
     g.add_argument("--encoder", default="online", choices=["online", "momentum"])
     g = parser.add_argument_group("VOC07 (defaults: MV-MR configs/imagenet_voc.yaml)")
-    g.add_argument("--train-split", default="train", help="ImageSets/Main split to train on "
-                                                          "(MV-MR: train; the SVM protocol: trainval)")
+    g.add_argument("--train-split", default="train",
+                   help="ImageSets/Main split to train on (MV-MR: train; SVM protocol: trainval)")
     g.add_argument("--val-split", default="val", help="split to report (MV-MR: val; else test)")
     g.add_argument("--epochs", default=1000, type=int, help="linear-layer epochs (MV-MR: 1000)")
-    g.add_argument("-b", "--batch-size", default=32, type=int, help="linear-layer batch (MV-MR: 32)")
+    g.add_argument("-b", "--batch-size", default=32, type=int,
+                   help="linear-layer batch (MV-MR: 32)")
     g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (MV-MR: 1e-4)")
     g.add_argument("--wd", default=1e-6, type=float, help="Adam weight decay (MV-MR: 1e-6)")
     g.add_argument("--crop", default=300, type=int, help="input size in pixels (MV-MR: 300)")
@@ -140,8 +142,8 @@ class VOC07(Dataset):
 def voc_transforms(crop: int) -> tuple[T.Compose, T.Compose]:
     """MV-MR's (train, val) transforms: square resize + light jitter / resize + centre crop."""
     tail = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(VOC_MEAN, VOC_STD)]
-    train = T.Compose([T.Resize((crop, crop)),
-                       T.RandomChoice([T.ColorJitter(brightness=(0.8, 1.2)), T.RandomGrayscale(0.25)]),
+    light = T.RandomChoice([T.ColorJitter(brightness=(0.8, 1.2)), T.RandomGrayscale(0.25)])
+    train = T.Compose([T.Resize((crop, crop)), light,
                        T.RandomHorizontalFlip(0.25), T.RandomRotation(25)] + tail)
     val = T.Compose([T.Resize(round(crop * 1.1)), T.CenterCrop(crop)] + tail)
     return train, val
@@ -185,7 +187,10 @@ def voc_metrics(logits: Tensor, targets: Tensor) -> dict:
     area = [average_precision(logits[:, c], targets[:, c]) for c in range(targets.shape[1])]
     eleven = [average_precision(logits[:, c], targets[:, c], True) for c in range(targets.shape[1])]
     valid = [c for c in range(len(area)) if area[c] == area[c]]
-    mean = lambda v: 100.0 * sum(v[c] for c in valid) / max(1, len(valid))  # noqa: E731
+
+    def mean(v: list[float]) -> float:
+        return 100.0 * sum(v[c] for c in valid) / max(1, len(valid))
+
     return {"mAP": mean(area), "mAP_11point": mean(eleven),
             "AP_pooled": 100.0 * average_precision(logits.flatten(), targets.flatten()),
             "classes_scored": len(valid),
@@ -268,5 +273,11 @@ def main_worker(gpu, args):
 
 
 if __name__ == "__main__":
+    from models import BACKBONES
+    from models.methods import ALIASES, METHODS
+    from utils import cli
+    from utils.validate import Known
+
     parser = argparse.ArgumentParser("VOC07 linear classification", parents=[get_args_parser()])
-    main(parse_with_config(parser))
+    known = Known(BACKBONES, [*METHODS, *ALIASES], global_batch=False)  # its own --dataset
+    cli.run(main, parse_with_config(parser, known=known))

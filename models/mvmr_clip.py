@@ -31,7 +31,8 @@ def build_clip_teacher(model_name: str = "ViT-B-16", pretrained: str | None = "l
     try:
         import open_clip
     except ImportError:
-        raise SystemExit("error: --method mvmr_clip needs open_clip: pip install open_clip_torch") from None
+        raise SystemExit("error: --method mvmr_clip needs open_clip: "
+                         "pip install open_clip_torch") from None
     tag = None if pretrained in (None, "", "none") else pretrained
     try:
         model = open_clip.create_model(model_name, pretrained=tag, force_image_size=image_size,
@@ -86,8 +87,10 @@ class MVMRCLIP(MVMR):
         x = x_orig
         if self.renormalize is not None:
             (mean, std), (t_mean, t_std) = self.renormalize
-            as_tensor = lambda v: torch.tensor(v, device=x.device, dtype=x.dtype)[:, None, None]  # noqa: E731
-            x = (x * as_tensor(std) + as_tensor(mean) - as_tensor(t_mean)) / as_tensor(t_std)
+            def channel(v: tuple) -> Tensor:  # [3, 1, 1], broadcast over [B, 3, H, W]
+                return torch.tensor(v, device=x.device, dtype=x.dtype)[:, None, None]
+
+            x = (x * channel(std) + channel(mean) - channel(t_mean)) / channel(t_std)
         x = F.interpolate(x, size=teacher_size(self.teacher), mode="bilinear", align_corners=False)
         dtype = next(self.teacher.parameters()).dtype
         return self.teacher(x.to(dtype)).float() / TEACHER_SCALE

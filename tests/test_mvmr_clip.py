@@ -51,7 +51,10 @@ def naive_dcor(x, y):
         return [[d[i][j] - row[i] - col[j] + total for j in range(n)] for i in range(n)]
 
     a, b = centred(x.double()), centred(y.double())
-    mean = lambda p, q: sum(p[i][j] * q[i][j] for i in range(n) for j in range(n)) / n**2  # noqa: E731
+
+    def mean(p, q):
+        return sum(p[i][j] * q[i][j] for i in range(n) for j in range(n)) / n**2
+
     return math.sqrt(mean(a, b)) / math.sqrt(math.sqrt(mean(a, a)) * math.sqrt(mean(b, b)))
 
 
@@ -123,7 +126,7 @@ def test_one_training_step_moves_the_student_only():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert not torch.equal(before["projector.0.weight"], model.state_dict()["projector.0.weight"])
     assert torch.equal(teacher_before, teacher.conv.weight) and teacher.conv.weight.grad is None

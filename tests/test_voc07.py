@@ -86,7 +86,8 @@ OBJECTS = [  # per image: (class, difficult)
     [("dog", 0)], [("person", 0), ("car", 1)], [("cat", 0)], [("car", 0)],
     [("dog", 0), ("cat", 0)], [("person", 0)], [("car", 0), ("dog", 1)], [("cat", 0)],
 ]
-COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "car": (40, 40, 200), "person": (200, 200, 40)}
+COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "car": (40, 40, 200),
+          "person": (200, 200, 40)}
 
 
 def write_voc_tree(root):

@@ -1,15 +1,15 @@
 """Convert a ResNet backbone of this suite to detectron2's weight format (for detection transfer).
 
     python tools/convert_to_detectron2.py results/checkpoint_0200_000000.pth.tar r50.pkl
-    python tools/convert_to_detectron2.py CKPT r50.pkl --encoder momentum   # a momentum method's EMA
+    python tools/convert_to_detectron2.py CKPT r50.pkl --encoder momentum   # a momentum EMA
 
-The pickle is what MoCo's and BeCLR's `detection/convert-pretrain-to-detectron2.py` write:
-{"model": {name: numpy array}, "__author__": ..., "matching_heuristics": True}, with torchvision
-names renamed to detectron2's (`conv1`/`bn1` -> `stem.conv1`/`stem.conv1.norm`, `layerN` -> `res{N+1}`,
-`bnK` -> `convK.norm`, `downsample.0/1` -> `shortcut`/`shortcut.norm`). Unlike theirs, the projector
-(`fc`) and BatchNorm's `num_batches_tracked` counters are left out: detectron2's backbone has
-neither, so the pickle holds exactly its ResNet's keys. Use it with `MODEL.RESNETS.STRIDE_IN_1X1
-False`, RGB input and ImageNet pixel statistics (torchvision's layout; see docs/protocols.md).
+The pickle is what MoCo's and BeCLR's `detection/convert-pretrain-to-detectron2.py` write: {"model":
+{name: numpy array}, "__author__": ..., "matching_heuristics": True}, with torchvision names renamed
+to detectron2's (`conv1`/`bn1` -> `stem.conv1`/`stem.conv1.norm`, `layerN` -> `res{N+1}`, `bnK` ->
+`convK.norm`, `downsample.0/1` -> `shortcut`/`shortcut.norm`). Unlike theirs, the projector (`fc`)
+and BatchNorm's `num_batches_tracked` counters are left out: detectron2's backbone has neither, so
+the pickle holds exactly its ResNet's keys. Use it with `MODEL.RESNETS.STRIDE_IN_1X1 False`, RGB
+input and ImageNet pixel statistics (torchvision's layout; see docs/protocols.md).
 """
 
 from __future__ import annotations
