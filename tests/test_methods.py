@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from data.transforms import BatchMultiView
+from data.views import METHOD_VIEWS, ViewSpec
 from main_pretrain import get_args_parser
 from models.methods import METHODS, build_model
 
@@ -55,3 +56,66 @@ def test_one_training_step(method):
 def test_summary_and_views(method):
     entry = METHODS[method]
     assert entry.summary and len(entry.views(tiny_args(method))) >= 2
+
+
+def test_every_method_has_its_views():
+    assert set(METHOD_VIEWS) == set(METHODS)
+
+
+def spec_fields(spec: ViewSpec) -> tuple:
+    return (spec.flip_p, spec.scale, spec.jitter, spec.jitter_p, spec.gray_p, spec.blur_p,
+            spec.solarize_p)
+
+
+def test_view_flags_set_every_side_or_each_side():
+    official = METHODS["mocov3"].views(tiny_args("mocov3", "--img-size", "96", "--ns", "2"))
+    assert [s.blur_p for s in official] == [1.0, 1.0, 0.1, 0.1]  # side-major, ns per side
+    args = tiny_args("mocov3", "--img-size", "96", "--ns", "2", "--blur-p", "0.3", "--gray-p",
+                     "0", "0.5", "--jitter", "0.1", "0.2", "0.3", "0", "--crop-scale", "0.5",
+                     "1", "--flip-p", "0", "--jitter-p", "0.25", "--solarize-p", "0.1", "0.9")
+    views = METHODS["mocov3"].views(args)
+    side1 = (0.0, (0.5, 1.0), (0.1, 0.2, 0.3, 0.0), 0.25, 0.0, 0.3, 0.1)
+    side2 = (0.0, (0.5, 1.0), (0.1, 0.2, 0.3, 0.0), 0.25, 0.5, 0.3, 0.9)
+    assert [spec_fields(s) for s in views] == [side1, side1, side2, side2]
+    assert [s.size for s in views] == [s.size for s in official]  # what no flag sets is kept
+
+
+def test_view_flags_leave_the_original_view_alone():
+    args = tiny_args("mvmr", "--img-size", "96", "--gray-p", "0.7")
+    original, augmented = METHODS["mvmr"].views(args)
+    assert not original.crop and original == ViewSpec(96, crop=False)
+    assert augmented.gray_p == 0.7
+    lines = METHODS["mvmr"].describe_views(args)
+    assert len(lines) == 2 and "no augmentation" in lines[0] and "gray 0.7" in lines[1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--blur-p", "0.1", "0.2", "0.3"], "1 value for every side or 1 value per side"),
+    (["--jitter", "0.4", "0.4", "0.2"], "4 numbers"),
+    (["--gray-p", "1.5"], "--gray-p"),
+    (["--crop-scale", "0.9", "0.2"], "MIN <= MAX"),
+])
+def test_bad_view_flags_are_one_line_errors(flags, message):
+    with pytest.raises(SystemExit, match=message) as e:
+        METHODS["simclr"].views(tiny_args("simclr", *flags))
+    assert "\n" not in str(e.value)
+
+
+def test_describe_names_every_settable_field():
+    line = METHODS["patchmix"].describe_views(tiny_args("patchmix", "--img-size", "32"))[0]
+    for word in ("crop scale", "bicubic", "flip", "jitter", "gray", "blur", "solarize"):
+        assert word in line, (word, line)
+
+
+def test_view_keys_in_a_config_file(tmp_path):
+    """--config sets the same fields: a scalar for every side, a list per side."""
+    from utils.args import parse_with_config
+
+    config = tmp_path / "views.yaml"
+    config.write_text("method: simclr\nimg_size: 16\nblur_p: 0.0\ngray_p: [0.1, 0.3]\n"
+                      "crop_scale: [0.2, 1.0]\n")
+    parser = argparse.ArgumentParser(parents=[get_args_parser()])
+    args = parse_with_config(parser, ["--config", str(config), *TINY])
+    views = METHODS["simclr"].views(args)
+    assert [(s.blur_p, s.gray_p, s.scale) for s in views] == [(0.0, 0.1, (0.2, 1.0)),
+                                                             (0.0, 0.3, (0.2, 1.0))]

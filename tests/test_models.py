@@ -73,6 +73,40 @@ def test_cifar_stem():
     assert forced.conv1.kernel_size == (7, 7)
 
 
+def test_cifar_stem_padding():
+    """solo-learn's CIFAR stem pads its 3x3 conv by 2: 32 px -> 34 x 34 maps, 5 x 5 at layer4."""
+    model, _ = build_backbone("resnet18", img_size=32, width=16, cifar_stem_padding=2)
+    assert model.conv1.padding == (2, 2) and isinstance(model.maxpool, nn.Identity)
+    feats = {}
+    model.conv1.register_forward_hook(lambda m, i, o: feats.setdefault("stem", o))
+    model.layer4.register_forward_hook(lambda m, i, o: feats.setdefault("l4", o))
+    model(torch.randn(1, 3, 32, 32))
+    assert feats["stem"].shape[-2:] == (34, 34) and feats["l4"].shape[-2:] == (5, 5)
+    standard, _ = build_backbone("resnet18", img_size=224, width=16, cifar_stem_padding=2)
+    assert standard.conv1.padding == (3, 3)  # the ImageNet stem ignores it
+
+
+def test_method_backbone_defaults_and_flag():
+    """Per-method variants that evaluation rebuilds from the run's args (backbone_kwargs)."""
+    from models.methods import backbone_kwargs
+
+    def built(**run):
+        args = {"img_size": 224, "width": 16, **run}
+        return build_backbone("resnet50", **backbone_kwargs(args))[0]
+
+    def zero_init(model):
+        return all(not b.bn3.weight.detach().any() for b in model.layer1)
+
+    assert zero_init(built(method="mocov3"))  # main_moco.py: zero_init_residual=True
+    assert not zero_init(built(method="simclr"))
+    assert not zero_init(built(method="mocov3", zero_init_residual=False))  # the flag wins
+    assert zero_init(built(method="simclr", zero_init_residual=True))
+    stl = built(method="beclr", dataset="stl10", img_size=96)  # BeCLR model.py at 96 px too
+    assert stl.conv1.kernel_size == (3, 3) and isinstance(stl.maxpool, nn.Identity)
+    imagenet = built(method="beclr", dataset="imagenet")  # model_imgnet.py: torchvision's stem
+    assert imagenet.conv1.kernel_size == (7, 7) and isinstance(imagenet.maxpool, nn.MaxPool2d)
+
+
 def test_resnet_zero_init_residual():
     model, _ = build_backbone("resnet50", width=16, zero_init_residual=True)
     blocks = [*model.layer1, *model.layer4]
