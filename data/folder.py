@@ -5,8 +5,8 @@ would silently shift every label after it), checked whenever either split is bui
 decoded to 8-bit RGB: grayscale ones become 3 identical channels, 16-bit ones (microscopy, medical
 PNG/TIFF) are scaled to 8 bits by their bit depth instead of being clipped to white. Errors are one
 line and name the expected layout. An unreadable image (truncated, empty, not an image) fails with a
-one-line `BadImageError` naming the file (`on_bad_image="fail"`), or is replaced by the next readable
-image of the folder with a warning naming it (`on_bad_image="skip"`).
+one-line `BadImageError` naming the file (`on_bad_image="fail"`), or is replaced by the next
+readable image of the folder with a warning naming it (`on_bad_image="skip"`).
 """
 
 from __future__ import annotations

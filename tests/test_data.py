@@ -4,6 +4,7 @@
 import gzip
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +18,14 @@ from data.datasets import (
     CIFAR100_SUPERCLASSES,
     CIFAR100_TO_CIFAR20,
     DATASETS,
+    TensorImageDataset,
     WithIndex,
     build_dataset,
     dataset_info,
 )
+from data.folder import find_grayscale
+from data.loaders import build_eval_loaders, build_view_loader
+from data.stats import compute_stats, stats_flags
 from data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,6 +36,7 @@ from data.transforms import (
     eval_transform,
 )
 from data.views import byol_asymmetric, multicrop, original_view, simclr_symmetric
+from utils.online_probe import OnlineProbe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
@@ -386,3 +392,121 @@ def test_generate_in100_refuses_to_clobber(tiny_imagenet):
         generate_IN100.main(argv)
     with pytest.raises(SystemExit, match="choose them with --splits"):
         generate_IN100.main(argv[:4] + ["--classes", classes, "--splits", "train", "test"])
+
+
+# ============ own data: class list, decoding, normalisation, statistics ============
+
+
+def _folder_args(root, **kw):
+    defaults = dict(dataset="folder", data=str(root), train_subset=0, val_subset=0, seed=0,
+                    workers=0, on_bad_image="fail", device=torch.device("cpu"), aug_device="auto",
+                    batch_size=2, batch_size_per_gpu=2, mean=None, std=None, compute_stats=0)
+    return SimpleNamespace(**{**defaults, **kw})
+
+
+def test_val_must_list_the_class_folders_of_train(tmp_path):
+    root = str(tmp_path)
+    for c in ("cat", "dog", "fox"):
+        _write_png(f"{root}/train/{c}/a.png")
+    for c in ("cat", "dog", "emu"):
+        _write_png(f"{root}/val/{c}/a.png")
+    for split in ("train", "val", "pretrain"):  # caught before a long pretraining too
+        message = _one_line_error(build_dataset, "folder", root, split)
+        assert "missing in val/: fox" in message and "not in train/: emu" in message
+    os.rename(f"{root}/val/emu", f"{root}/val/fox")
+    assert build_dataset("folder", root, "val").class_to_idx == {"cat": 0, "dog": 1, "fox": 2}
+    os.rename(f"{root}/train", f"{root}/elsewhere")  # val/ alone has no class list
+    assert "the class list comes from train/" in _one_line_error(build_dataset, "folder", root,
+                                                                 "val")
+
+
+def test_grayscale_and_16_bit_images_decode_to_8_bit_rgb(tmp_path):
+    gray = np.arange(35, dtype=np.uint8).reshape(5, 7) * 7
+    deep = (np.arange(35, dtype=np.uint16).reshape(5, 7) * 1800 + 3)
+    os.makedirs(tmp_path / "train" / "x")
+    Image.fromarray(gray, "L").save(tmp_path / "train" / "x" / "g.png")
+    Image.fromarray(deep).save(tmp_path / "train" / "x" / "h.png")  # 16-bit PNG (mode I;16)
+    ds = build_dataset("folder", str(tmp_path), "train")
+    for (image, _), expected in zip((ds[0], ds[1]), (gray, deep >> 8), strict=True):
+        assert image.shape == (3, 5, 7) and image.dtype == torch.uint8
+        for c in range(3):  # 3 identical channels, the 16-bit one not clipped to white
+            assert torch.equal(image[c], torch.from_numpy(expected.astype(np.uint8)))
+    assert find_grayscale(ds.samples) is not None
+    assert find_grayscale([(str(tmp_path / "colour.png"), 0)]) is None  # missing file: no error
+
+
+def test_loaders_carry_class_names_and_the_chosen_normalisation(tmp_path, capsys):
+    root = tmp_path
+    for split in ("train", "val"):
+        _write_png(f"{root}/{split}/cat/a.png", (255, 0, 0), size=(8, 8))
+        _write_png(f"{root}/{split}/dog/b.png", (0, 0, 255), size=(8, 8))
+        os.makedirs(f"{root}/{split}/emu")
+        Image.new("L", (8, 8), 128).save(f"{root}/{split}/emu/c.png")
+    mean, std = [0.5, 0.25, 0.0], [0.5, 2.0, 1.0]
+    args = _folder_args(root, mean=mean, std=std)
+    train, val, prepare, info = build_eval_loaders(args, 8, batch_size=4)
+    assert info.num_classes == 3 and info.classes == ("cat", "dog", "emu")
+    assert args.class_names == ["cat", "dog", "emu"]
+    assert (args.train_images, args.val_images) == (3, 3)
+    assert prepare is None and (info.mean, info.std) == (tuple(mean), tuple(std))
+    image, label, _ = val.dataset[0]  # red, after (x - mean) / std
+    torch.testing.assert_close(image[:, 0, 0], torch.tensor([1.0, -0.125, 0.0]))
+    views = build_view_loader(args, [original_view(8)], split="train")[0]
+    (x,), y = next(iter(views))  # workers path: the same normalisation
+    colours = {int(label): x[i, :, 0, 0] for i, label in enumerate(y)}
+    torch.testing.assert_close(colours[2], (torch.tensor([128 / 255] * 3) - torch.tensor(mean))
+                               / torch.tensor(std))
+    assert capsys.readouterr().out.count("grayscale images") == 1  # said once, not per split
+    args = _folder_args(root, std=[0.2, 0.0, 0.2])
+    with pytest.raises(SystemExit, match=r"--std takes 3 numbers, R G B \(all > 0\)"):
+        build_eval_loaders(args, 8)
+
+
+def test_in_memory_loaders_use_the_chosen_normalisation(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 3)
+    args = _folder_args(tmp_path, dataset="fashion_mnist", mean=[0.1, 0.2, 0.3], std=[1, 2, 4])
+    _, val, prepare, info = build_eval_loaders(args, 28, batch_size=4)
+    assert info.classes == fashion_mnist.CLASSES and len(args.class_names) == 10
+    x = val.dataset.images[:2]
+    mean, std = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1), torch.tensor([1, 2, 4.0])
+    torch.testing.assert_close(prepare(x), (x / 255 - mean) / std.view(1, 3, 1, 1))
+    _, make_views, _ = build_view_loader(args, [original_view(28)])
+    torch.testing.assert_close(make_views(x)[0], (x / 255 - mean) / std.view(1, 3, 1, 1))
+    assert args.mean == [0.1, 0.2, 0.3]  # recorded for the checkpoint
+    default = _folder_args(tmp_path, dataset="fashion_mnist")
+    build_eval_loaders(default, 28)
+    assert default.mean == list(dataset_info("fashion_mnist").mean)
+
+
+def test_compute_stats_matches_the_pixels_and_prints_a_flag_line(tmp_path, capsys):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    for i, colour in enumerate(colours):  # different sizes: statistics weigh pixels, not images
+        _write_png(f"{tmp_path}/train/c{i % 2}/{i}.png", colour, size=(4 + i, 3))
+    ds = build_dataset("folder", str(tmp_path), "train")
+    pixels = torch.cat([ds[i][0].reshape(3, -1) for i in range(len(ds))], dim=1).double() / 255
+    mean, std = compute_stats(ds, 4, seed=1)
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(1))
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64),
+                               pixels.std(1, unbiased=False))
+    assert stats_flags((0.5, 0.25, 0.125), (1, 2, 3)) == (
+        "--mean 0.5000 0.2500 0.1250 --std 1.0000 2.0000 3.0000")
+    with pytest.raises(SystemExit) as exit_info:
+        build_eval_loaders(_folder_args(tmp_path, compute_stats=100), 8)
+    assert exit_info.value.code == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == stats_flags(mean, std)
+    images = (pixels.T.reshape(-1, 3, 1, 1) * 255).round().byte()  # one pixel per image
+    in_memory = TensorImageDataset(images, torch.zeros(len(images)), ("x",))
+    in_memory_mean = torch.tensor(compute_stats(in_memory, 1000)[0], dtype=torch.float64)
+    torch.testing.assert_close(in_memory_mean, pixels.mean(1))
+
+
+def test_online_probe_needs_the_real_class_count():
+    with pytest.raises(ValueError, match="class count"):
+        OnlineProbe(8, None, "cpu")
+    saved = OnlineProbe(8, 5, "cpu").state_dict()
+    with pytest.raises(SystemExit, match="online probe has 5 classes, this dataset 3"):
+        OnlineProbe(8, 3, "cpu").load_state_dict(saved)
