@@ -70,3 +70,35 @@ def test_extract_features_places_rows_by_index_and_restores_the_mode():
     net.eval()
     torch.testing.assert_close(feats, net(images))
     assert torch.equal(ys, labels)
+
+
+@pytest.mark.parametrize("budget", [None, 7, 240])
+def test_fp16_bank_in_blocks_equals_the_same_bank_in_fp32(clusters, budget):
+    """A fp16 bank is read in fp32 blocks (budget // D rows) merged top-k by top-k: the vote equals
+    the whole-bank vote on the same (fp16-rounded) values; against the unrounded fp32 bank only a
+    near-tie can flip a neighbour."""
+    train_f, train_y, test_f, test_y = (t.float() if t.is_floating_point() else t for t in clusters)
+    bank16 = train_f.half()
+    ks = [1, 5, 20, 120]
+    blocked = knn_classify(bank16, train_y, test_f, test_y, ks=ks, num_classes=5, budget=budget)
+    assert blocked == knn_classify(bank16.float(), train_y, test_f, test_y, ks=ks, num_classes=5)
+    fp32 = knn_classify(train_f, train_y, test_f, test_y, ks=ks, num_classes=5, budget=budget)
+    for k in ks:
+        assert abs(blocked[k] - fp32[k]) <= 100.0 / len(test_y), k  # at most one test sample
+
+
+def test_similarity_is_fp32_under_autocast(clusters):
+    train_f, train_y, test_f, test_y = (t.float() if t.is_floating_point() else t for t in clusters)
+    plain = knn_classify(train_f, train_y, test_f, test_y, ks=[1, 20], num_classes=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the pretraining monitor's context
+        assert knn_classify(train_f, train_y, test_f, test_y, ks=[1, 20], num_classes=5) == plain
+
+
+def test_extract_features_stores_the_bank_in_the_requested_dtype():
+    net = torch.nn.Linear(3, 4)
+    images = torch.randn(6, 3)
+    loader = [(images[:4], torch.zeros(4, dtype=torch.long), torch.arange(4)),
+              (images[4:], torch.ones(2, dtype=torch.long), torch.arange(4, 6))]
+    feats, _ = extract_features(net, loader, 6, torch.device("cpu"), dtype=torch.float16)
+    assert feats.dtype == torch.float16
+    torch.testing.assert_close(feats, net(images).detach().half())

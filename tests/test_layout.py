@@ -18,7 +18,8 @@ ALLOWED = {
 }
 # the registry ties models, losses and data together; PatchMix's builder mixes with data.mix,
 # MV-MR's builder takes its representations as a callable (no import)
-EXCEPTIONS = {"models/methods.py": {"data", "utils"}, "models/patchmix.py": {"data"}}
+EXCEPTIONS = {"models/methods.py": {"data", "utils"}, "models/patchmix.py": {"data"},
+              "models/encoder.py": {"data", "utils"}}  # evaluation: checkpoint + dataset size
 LOCAL = {"losses", "models", "data", "utils", "tools", "main_pretrain", "main_knn", "main_lincls"}
 
 

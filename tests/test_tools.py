@@ -23,7 +23,7 @@ from utils.args import parse_with_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "datasets", "fashion-mnist")
 METHODS = {"mocov3", "simclr", "nnclr", "snclr", "dsf", "mocov2", "mocov2_dsf", "beclr", "mvmr",
-           "patchmix"}  # the registry's names, including those still being written
+           "patchmix", "mvmr_clip"}  # the registry's names, including those still being written
 ARCHS = {"resnet18", "resnet50", "vit_tiny", "vit_small", "vit_base"}
 # launch and site flags: a config holds the recipe, the command line says where it runs
 SITE = {"data", "results_dir", "dist_url", "multiprocessing_distributed", "world_size", "rank",
@@ -34,22 +34,26 @@ SITE = {"data", "results_dir", "dist_url", "multiprocessing_distributed", "world
 
 
 def write_run(root, name, seed, knn=None, linear=None, random_linear=None, method="simclr",
-              dataset="cifar10", arch="resnet18", epochs=1000, args_json=False):
+              dataset="cifar10", arch="resnet18", epochs=1000, args_json=False, batch_size=256,
+              linear_best=None, online=None):
     """A run directory as main_pretrain / main_knn / main_lincls leave it."""
     path = os.path.join(root, name)
     os.makedirs(path)
     record = {"method": method, "dataset": dataset, "arch": arch, "seed": seed,
-              "pretrain": {"epochs": epochs, "batch_size": 256}}
+              "pretrain": {"epochs": epochs, "batch_size": batch_size,
+                           "online_probe_top1": online}}
     if knn is not None:
         record["knn"] = {"top1": {"10": knn - 1.0, "20": knn}, "epochs": None}
     if linear is not None:
         record["linear"] = {"top1": linear, "top5": linear + 5.0, "epochs": 100}
+        if linear_best is not None:
+            record["linear"].update(top1_best=linear_best, top5_best=linear_best + 5.0)
     if random_linear is not None:
         record["linear_random_init"] = {"top1": random_linear, "top5": random_linear + 5.0}
     if args_json:  # identity only in args.json (results.json's method overwritten by None)
         with open(os.path.join(path, "args.json"), "w") as f:
             json.dump({"method": method, "dataset": dataset, "arch": arch, "epochs": epochs,
-                       "seed": seed}, f)
+                       "seed": seed, "batch_size": batch_size}, f)
         record["method"], record["pretrain"] = None, {}
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(record, f)
@@ -123,6 +127,40 @@ def test_table_metric_filter_top5_ignore_epochs_and_knn_k(runs, capsys):
         results_table.main([os.path.join(root, "missing"), "--paper", paper])
 
 
+def test_table_matches_batch_size_best_epoch_and_online_rows(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "vits_b1024", 0, linear=70.0, linear_best=70.5, method="mocov3",
+              dataset="imagenet", arch="vit_small", epochs=300, batch_size=1024)
+    write_run(root, "vits_b4096", 0, linear=72.0, linear_best=72.6, method="mocov3",
+              dataset="imagenet", arch="vit_small", epochs=300, batch_size=4096)
+    write_run(root, "solo", 0, linear=89.0, linear_best=90.0, online=88.0)  # simclr cifar10
+    row = {"method": "mocov3", "dataset": "imagenet", "arch": "vit_small", "epochs": 300,
+           "protocol": "linear", "metric": "top1", "source": "s"}
+    paper = [{**row, "value": 73.2, "batch_size": 4096, "report": "best"},
+             {**row, "method": "simclr", "dataset": "cifar10", "arch": "resnet18", "epochs": 1000,
+              "protocol": "linear-online", "value": 90.74, "batch_size": 256}]
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump({"rows": paper}))
+    out = tmp_path / "table.json"
+    text = results_table.main([str(root), "--paper", str(path), "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    big = _row(rows, method="mocov3", batch_size=4096)
+    assert big["report"] == "best" and big["mean"] == 72.6  # the paper reported its best epoch
+    assert big["diff"] == pytest.approx(-0.6) and "72.60 (n=1, best)" in text
+    small = _row(rows, method="mocov3", batch_size=1024)
+    assert small["paper"] is None and small["mean"] == 70.0  # b1024 is not the b4096 number
+    offline = _row(rows, method="simclr", protocol="linear")
+    assert offline["paper_protocol"] == "linear-online" and "90.74 (online)" in text
+    online = _row(rows, method="simclr", protocol="linear-online")
+    assert online["mean"] == 88.0 and online["paper"] == 90.74
+    text = results_table.main([str(root), "--paper", str(path), "--ignore-batch-size"])
+    assert "73.20 (b4096)" in text  # shown beside the b1024 run, with its batch
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rows": [{**paper[0], "report": "mean"}]}))
+    with pytest.raises(ValueError, match="report best or last"):
+        results_table.load_paper(str(bad))
+
+
 def test_mean_std_closed_form():
     assert results_table.mean_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3)))
     assert results_table.mean_std([7.0]) == (7.0, 0.0)
@@ -130,10 +168,12 @@ def test_mean_std_closed_form():
 
 def test_paper_results_yaml():
     rows = results_table.load_paper(results_table.DEFAULT_PAPER)
-    protocols = {"linear", "knn", "finetune", "semi-1%", "semi-10%"}
     for r in rows:
         assert r["method"] in METHODS and r["dataset"] in DATASETS and r["arch"] in ARCHS, r
-        assert r["protocol"] in protocols and r["metric"] in {"top1", "top5"}, r
+        assert r["protocol"] in results_table.PROTOCOLS and r["metric"] in {"top1", "top5"}, r
+        if r["protocol"].startswith("linear"):  # every linear number says which epoch it is
+            assert r["report"] in {"best", "last"}, r
+        assert r.get("batch_size") is None or isinstance(r["batch_size"], int), r
         assert isinstance(r["value"], float) and 0 < r["value"] <= 100, r
         assert r["epochs"] is None or isinstance(r["epochs"], int), r
         assert isinstance(r.get("verified", True), bool) and r["source"], r
@@ -144,11 +184,12 @@ def test_paper_results_yaml():
     assert simclr_in1k and all(r["verified"] is False for r in simclr_in1k)  # from memory
     vits_linear = results_table.match_paper(
         {"method": "patchmix", "dataset": "imagenet", "arch": "vit_small", "epochs": 300,
-         "protocol": "linear", "metric": "top1"}, rows)
+         "protocol": "linear", "metric": "top1", "batch_size": 1024}, rows)
     assert sorted(r["value"] for r in vits_linear) == [77.4, 77.9]  # README and paper, both kept
-    mocov3 = {"method": "mocov3", "dataset": "imagenet", "protocol": "linear", "metric": "top1"}
-    assert results_table.match_paper({**mocov3, "arch": "vit_small", "epochs": 300},
-                                     rows)[0]["value"] == 73.2
+    mocov3 = {"method": "mocov3", "dataset": "imagenet", "protocol": "linear", "metric": "top1",
+              "arch": "vit_small", "epochs": 300}
+    assert results_table.match_paper({**mocov3, "batch_size": 4096}, rows)[0]["value"] == 73.2
+    assert not results_table.match_paper({**mocov3, "batch_size": 1024}, rows)  # a b4096 number
 
 
 # ============ plots ============

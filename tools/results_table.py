@@ -5,11 +5,16 @@
 
 Every results.json under the given paths (directories are searched recursively, globs expanded) is
 one run; args.json beside it fills fields results.json lacks. Runs are grouped by (method, dataset,
-arch, epochs) and aggregated over seeds: mean ± sample standard deviation, n = number of runs. Each
-group is matched to the rows of paper_results.yaml with the same method, dataset, arch, epochs,
-protocol and metric (a paper row with `epochs: null` matches any epochs); the table shows our value,
-the random-init baseline when the run has one, the paper's value and ours minus the paper's, or
-"no published number".
+arch, epochs, pretraining batch size) and aggregated over seeds: mean ± sample standard deviation,
+n = number of runs. Each group is matched to the rows of paper_results.yaml with the same method,
+dataset, arch, epochs, batch size, protocol and metric (a paper row with `epochs: null` or no
+`batch_size` matches any); the table shows our value, the random-init baseline when the run has one,
+the paper's value and ours minus the paper's, or "no published number".
+
+Protocols: `knn` (main_knn.py), `linear` (main_lincls.py, offline) and `linear-online` (the online
+probe of main_pretrain.py). An offline linear number with no offline paper row is shown beside the
+paper's online (or distillation) one, marked "(online)" ("(distill)"). A paper row with `report: best` is compared with our best
+epoch (`top1_best`), marked "best"; otherwise with the last epoch.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PAPER = os.path.join(ROOT, "paper_results.yaml")
-GROUP_KEY = ("method", "dataset", "arch", "epochs")
+GROUP_KEY = ("method", "dataset", "arch", "epochs", "batch_size")
 MATCH_KEY = ("method", "dataset", "arch", "protocol", "metric")
+PROTOCOLS = ("linear", "linear-online", "knn", "finetune", "semi-1%", "semi-10%", "distill")
 PAPER_FIELDS = ("method", "dataset", "arch", "epochs", "protocol", "metric", "value", "source")
 NO_PAPER = "no published number"
 
 # results.json section -> (protocol, kind); kind "random" is the random-init baseline of the run
 SECTIONS = {"knn": ("knn", "ours"), "knn_random_init": ("knn", "random"),
             "linear": ("linear", "ours"), "linear_random_init": ("linear", "random")}
+# a protocol of ours -> the paper protocols it is compared with, in order of preference
+COMPARED_WITH = {"knn": ("knn",), "linear": ("linear", "linear-online", "distill"),
+                 "linear-online": ("linear-online",)}
 
 
 # ============ reading runs ============
@@ -65,21 +74,28 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def measurements(record: dict[str, Any], knn_k: int, where: str = ""
-                 ) -> dict[tuple[str, str, str], float]:
-    """{(protocol, metric, kind): value} of one results.json; kNN is top-1 at k = knn_k."""
+                 ) -> dict[tuple[str, str, str, str], float]:
+    """{(protocol, metric, kind, report): value} of one results.json; kNN is top-1 at k = knn_k.
+
+    report is "last", or "best" for a linear probe's best epoch (`top1_best`, `top5_best`).
+    """
     values = {}
     for section, (protocol, kind) in SECTIONS.items():
         result = record.get(section) or {}
         if protocol == "knn" and result:
             top1 = result.get("top1") or {}
             if str(knn_k) in top1:
-                values[(protocol, "top1", kind)] = float(top1[str(knn_k)])
+                values[(protocol, "top1", kind, "last")] = float(top1[str(knn_k)])
             else:
                 print(f"warning: {section} of {where} has no k={knn_k} (has "
                       f"{sorted(top1, key=int)}); see --knn-k", file=sys.stderr)
         for metric in ("top1", "top5") if protocol == "linear" else ():
-            if result.get(metric) is not None:
-                values[(protocol, metric, kind)] = float(result[metric])
+            for report, field in (("last", metric), ("best", metric + "_best")):
+                if result.get(field) is not None:
+                    values[(protocol, metric, kind, report)] = float(result[field])
+    online = (record.get("pretrain") or {}).get("online_probe_top1")
+    if online is not None:  # main_pretrain --online-probe: its val top-1 after the last epoch
+        values[("linear-online", "top1", "ours", "last")] = float(online)
     return values
 
 
@@ -87,9 +103,10 @@ def load_run(path: str, knn_k: int = 20) -> dict[str, Any]:
     """One run: identity (method, dataset, arch, epochs, seed), directory and measurements."""
     record = _read_json(path)
     args = _read_json(os.path.join(os.path.dirname(path), "args.json"))  # main_pretrain's args
-    epochs = (record.get("pretrain") or {}).get("epochs")
-    run = {"path": os.path.dirname(path) or ".",
-           "epochs": epochs if epochs is not None else args.get("epochs")}
+    pretrain = record.get("pretrain") or {}
+    run = {"path": os.path.dirname(path) or "."}
+    for field in ("epochs", "batch_size"):  # of the pretraining, not of an evaluation
+        run[field] = pretrain.get(field) if pretrain.get(field) is not None else args.get(field)
     for field in ("method", "dataset", "arch", "seed"):
         run[field] = record.get(field) if record.get(field) is not None else args.get(field)
     run["values"] = measurements(record, knn_k, path)
@@ -108,14 +125,21 @@ def load_paper(path: str) -> list[dict[str, Any]]:
         missing = [k for k in PAPER_FIELDS if k not in row]
         if missing:
             raise ValueError(f"{path}: row {i} ({row}) lacks {missing}")
+        if row["protocol"] not in PROTOCOLS or row.get("report", "last") not in ("best", "last"):
+            raise ValueError(f"{path}: row {i} ({row}): protocol must be one of {PROTOCOLS}, "
+                             "report best or last")
     return rows
 
 
-def match_paper(row: dict[str, Any], paper: list[dict[str, Any]],
-                ignore_epochs: bool = False) -> list[dict[str, Any]]:
-    """Paper rows for one of our table rows; epochs must agree unless null or ignore_epochs."""
+def match_paper(row: dict[str, Any], paper: list[dict[str, Any]], ignore_epochs: bool = False,
+                ignore_batch_size: bool = False) -> list[dict[str, Any]]:
+    """Paper rows for one of our table rows (row["protocol"] is the paper protocol sought); epochs
+    and batch size must agree unless the paper's is unknown or ignore_epochs / ignore_batch_size."""
+    def agrees(p: dict[str, Any], key: str, ignore: bool) -> bool:
+        return ignore or p.get(key) is None or p[key] == row.get(key)
+
     return [p for p in paper if all(p[k] == row[k] for k in MATCH_KEY)
-            and (ignore_epochs or p["epochs"] is None or p["epochs"] == row["epochs"])]
+            and agrees(p, "epochs", ignore_epochs) and agrees(p, "batch_size", ignore_batch_size)]
 
 
 # ============ the table ============
@@ -130,8 +154,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _sort_key(key: tuple) -> tuple:
-    *names, epochs = key
-    return (*(str(n) for n in names), epochs if isinstance(epochs, (int, float)) else -1)
+    *names, epochs, batch_size = key
+    return (*(str(n) for n in names),
+            *(n if isinstance(n, (int, float)) else -1 for n in (epochs, batch_size)))
 
 
 def _warn_repeated_seeds(key: tuple, runs: list[dict[str, Any]]) -> None:
@@ -142,35 +167,56 @@ def _warn_repeated_seeds(key: tuple, runs: list[dict[str, Any]]) -> None:
               f"({[r['path'] for r in runs]})", file=sys.stderr)
 
 
-def aggregate(key: tuple, runs: list[dict[str, Any]], protocol: str, metric: str
-              ) -> dict[str, Any] | None:
-    """Our aggregated row for one group, protocol and metric (None when no run measured it)."""
-    ours = [r for r in runs if (protocol, metric, "ours") in r["values"]]
+def aggregate(key: tuple, runs: list[dict[str, Any]], protocol: str, metric: str,
+              report: str = "last") -> dict[str, Any] | None:
+    """Our aggregated row for one group, protocol, metric and report (best or last epoch); None
+    when no run measured it. Runs that recorded no best epoch (older results) give "last"."""
+    if report == "best" and not any((protocol, metric, "ours", "best") in r["values"]
+                                    for r in runs):
+        report = "last"
+    ours = [r for r in runs if (protocol, metric, "ours", report) in r["values"]]
     if not ours:
         return None
-    mean, std = mean_std([r["values"][(protocol, metric, "ours")] for r in ours])
-    random = [r["values"][(protocol, metric, "random")] for r in runs
-              if (protocol, metric, "random") in r["values"]]
+    mean, std = mean_std([r["values"][(protocol, metric, "ours", report)] for r in ours])
+    random = [r["values"][(protocol, metric, "random", report)] for r in runs
+              if (protocol, metric, "random", report) in r["values"]]
     return {**dict(zip(GROUP_KEY, key)), "protocol": protocol, "metric": metric,
-            "mean": mean, "std": std, "n": len(ours), "seeds": [r["seed"] for r in ours],
-            "runs": [r["path"] for r in ours],
+            "report": report, "mean": mean, "std": std, "n": len(ours),
+            "seeds": [r["seed"] for r in ours], "runs": [r["path"] for r in ours],
             "random_init": mean_std(random)[0] if random else None}
 
 
 def beside_paper(ours: dict[str, Any], matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table row per matching paper row (ours minus theirs), or one row with no paper."""
     if not matches:
-        return [{**ours, "paper": None, "paper_epochs": None, "diff": None, "source": None,
-                 "verified": None, "note": None}]
+        return [{**ours, "paper": None, "paper_epochs": None, "paper_batch_size": None,
+                 "paper_protocol": None, "diff": None, "source": None, "verified": None,
+                 "note": None}]
     return [{**ours, "paper": p["value"], "paper_epochs": p["epochs"],
+             "paper_batch_size": p.get("batch_size"), "paper_protocol": p["protocol"],
              "diff": ours["mean"] - p["value"], "source": p["source"],
              "verified": p.get("verified", True), "note": p.get("note")} for p in matches]
 
 
+def paper_matches(key: tuple, protocol: str, metric: str, paper: list[dict[str, Any]],
+                  ignore: dict[str, bool]) -> list[dict[str, Any]]:
+    """The paper rows our (group, protocol, metric) is compared with: those of the first paper
+    protocol in COMPARED_WITH that has any (offline linear falls back to online)."""
+    row = {**dict(zip(GROUP_KEY, key)), "metric": metric}
+    for theirs in COMPARED_WITH.get(protocol, (protocol,)):
+        found = match_paper({**row, "protocol": theirs}, paper, **ignore)
+        if found:
+            return found
+    return []
+
+
 def build_table(runs: list[dict[str, Any]], paper: list[dict[str, Any]],
-                protocols: tuple[str, ...] = ("knn", "linear"), top5: bool = False,
-                ignore_epochs: bool = False) -> list[dict[str, Any]]:
-    """Table rows: ours (mean, std, n over seeds) beside each matching paper row, or none."""
+                protocols: tuple[str, ...] = ("knn", "linear", "linear-online"), top5: bool = False,
+                ignore_epochs: bool = False, ignore_batch_size: bool = False
+                ) -> list[dict[str, Any]]:
+    """Table rows: ours (mean, std, n over seeds; the epoch the paper reported) beside each
+    matching paper row, or none."""
+    ignore = {"ignore_epochs": ignore_epochs, "ignore_batch_size": ignore_batch_size}
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[tuple(run[k] for k in GROUP_KEY)].append(run)
@@ -179,9 +225,12 @@ def build_table(runs: list[dict[str, Any]], paper: list[dict[str, Any]],
         _warn_repeated_seeds(key, groups[key])
         for protocol in protocols:
             for metric in ("top1", "top5") if protocol == "linear" and top5 else ("top1",):
-                ours = aggregate(key, groups[key], protocol, metric)
-                if ours is not None:
-                    table += beside_paper(ours, match_paper(ours, paper, ignore_epochs))
+                matches = paper_matches(key, protocol, metric, paper, ignore)
+                for report in sorted({p.get("report", "last") for p in matches} or {"last"}):
+                    ours = aggregate(key, groups[key], protocol, metric, report)
+                    if ours is not None:
+                        table += beside_paper(ours, [p for p in matches
+                                                     if p.get("report", "last") == report])
     return table
 
 
@@ -191,13 +240,18 @@ def _paper_cell(row: dict[str, Any]) -> str:
     cell = f"{row['paper']:.2f}" + ("" if row["verified"] else "*")
     if row["paper_epochs"] != row["epochs"]:
         cell += f" ({row['paper_epochs'] if row['paper_epochs'] is not None else '?'} ep)"
+    if row["paper_batch_size"] is not None and row["paper_batch_size"] != row["batch_size"]:
+        cell += f" (b{row['paper_batch_size']})"
+    if row["paper_protocol"] != row["protocol"]:
+        cell += f" ({row['paper_protocol'].replace('linear-', '')})"
     return cell
 
 
 def _ours_cell(row: dict[str, Any]) -> str:
+    best = ", best" if row["report"] == "best" else ""
     if row["n"] < 2:  # one run has no spread to report
-        return f"{row['mean']:.2f} (n=1)"
-    return f"{row['mean']:.2f} ± {row['std']:.2f} (n={row['n']})"
+        return f"{row['mean']:.2f} (n=1{best})"
+    return f"{row['mean']:.2f} ± {row['std']:.2f} (n={row['n']}{best})"
 
 
 def _source_cell(row: dict[str, Any]) -> str:
@@ -208,16 +262,19 @@ def _source_cell(row: dict[str, Any]) -> str:
 
 def format_markdown(table: list[dict[str, Any]]) -> str:
     """The table as Markdown, with a footnote for unverified paper numbers."""
-    header = ["method", "dataset", "arch", "epochs", "protocol", "metric", "ours", "random init",
-              "paper", "ours - paper", "source"]
+    header = ["method", "dataset", "arch", "epochs", "batch", "protocol", "metric", "ours",
+              "random init", "paper", "ours - paper", "source"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table:
-        cells = [r["method"], r["dataset"], r["arch"], r["epochs"], r["protocol"], r["metric"],
+        cells = [r["method"], r["dataset"], r["arch"], r["epochs"], r["batch_size"], r["protocol"],
+                 r["metric"],
                  _ours_cell(r), "" if r["random_init"] is None else f"{r['random_init']:.2f}",
                  _paper_cell(r), "" if r["diff"] is None else f"{r['diff']:+.2f}",
                  _source_cell(r)]
         lines.append("| " + " | ".join("?" if c is None else str(c) for c in cells) + " |")
-    notes = ["", "ours: mean ± sample std over seeds (n runs); kNN and linear top-1/top-5 in %."]
+    notes = ["", "ours: mean ± sample std over seeds (n runs), at the last epoch or, where the paper "
+             "reported its best epoch, at ours (best); kNN and linear top-1/top-5 in %. batch: "
+             "the pretraining's; linear-online: the pretraining's online probe."]
     if not table:
         notes.append("(no kNN or linear results in these runs: run main_knn.py / main_lincls.py)")
     if any(r["verified"] is False for r in table):
@@ -242,6 +299,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top5", action="store_true", help="also tabulate linear top-5")
     parser.add_argument("--ignore-epochs", action="store_true",
                         help="match paper rows whatever their epochs (shown beside the value)")
+    parser.add_argument("--ignore-batch-size", action="store_true",
+                        help="match paper rows whatever their pretraining batch (shown beside it)")
     parser.add_argument("--json", default="", help="also write the table rows to this JSON file")
     return parser
 
@@ -255,8 +314,10 @@ def main(argv: list[str] | None = None) -> str:
     if not paths:
         raise SystemExit(f"error: no results.json under {args.runs}")
     runs = [load_run(p, args.knn_k) for p in paths]
-    protocols = ("knn", "linear") if args.metric == "both" else (args.metric,)
-    table = build_table(runs, load_paper(args.paper), protocols, args.top5, args.ignore_epochs)
+    protocols = {"knn": ("knn",), "linear": ("linear", "linear-online"),
+                 "both": ("knn", "linear", "linear-online")}[args.metric]
+    table = build_table(runs, load_paper(args.paper), protocols, args.top5, args.ignore_epochs,
+                        args.ignore_batch_size)
     text = format_markdown(table)
     print(text)
     if args.json:
