@@ -156,7 +156,8 @@ def feature_loader(dataset: Dataset, args) -> tuple[DataLoader, ResumableSampler
                                encode_epoch=True)
     loader = DataLoader(SeededSamples(dataset, args.seed), batch_size=args.extract_batch_size,
                         sampler=sampler, num_workers=args.workers,
-                        pin_memory=args.device.type == "cuda")
+                        pin_memory=args.device.type == "cuda",
+                        persistent_workers=args.workers > 0)  # re-read every epoch
     return loader, sampler
 
 
@@ -210,7 +211,7 @@ def train_epoch(head: nn.Linear, optimizer, feats: Tensor, targets: Tensor, epoc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
     return total / len(feats)
 
 
