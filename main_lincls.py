@@ -90,6 +90,8 @@ def check_args(args) -> None:
     if args.batch_size % args.world_size:
         raise SystemExit(f"error: -b {args.batch_size} is not a multiple of the {args.world_size} "
                          "processes; use a multiple")
+    if args.epochs < 1:
+        raise SystemExit(f"error: --epochs {args.epochs}: the probe needs at least one epoch")
     if args.lr_schedule == "step" and not args.lr_steps:
         raise SystemExit("error: --lr-schedule step needs --lr-steps E1 E2 ...")
     if args.backbone_mode == "train" and args.cache_features:
