@@ -507,6 +507,8 @@ def test_compute_stats_matches_the_pixels_and_prints_a_flag_line(tmp_path, capsy
 def test_online_probe_needs_the_real_class_count():
     with pytest.raises(ValueError, match="class count"):
         OnlineProbe(8, None, "cpu")
+    with pytest.raises(SystemExit, match="--online-probe false"):
+        OnlineProbe(8, 1, "cpu")  # unlabeled images in one class folder
     saved = OnlineProbe(8, 5, "cpu").state_dict()
     with pytest.raises(SystemExit, match="online probe has 5 classes, this dataset 3"):
         OnlineProbe(8, 3, "cpu").load_state_dict(saved)

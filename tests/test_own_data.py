@@ -162,3 +162,15 @@ def test_method_pretrains_and_evaluates_on_an_image_folder(method, tree, stats_f
     assert linear.class_names == CLASSES
     record = _results(out)["linear"]
     assert record["train_images"] == 17 and 0.0 <= record["top1"] <= 100.0
+
+
+def test_retrieval_grid_names_the_class_folders(tree, tmp_path, monkeypatch):
+    from tools import retrieval_grid
+
+    drawn = {}
+    monkeypatch.setattr(retrieval_grid, "draw_grid", lambda *a: drawn.update(names=a[2], rows=a[3]))
+    retrieval_grid.main(["--random-init", "-a", "resnet18", "--width", "8", "--img-size", "32",
+                         "--dataset", "folder", "--data", tree, "-j", "0", "--on-bad-image", "skip",
+                         "--queries", "4", "--neighbours", "3", "--out", str(tmp_path / "g.png")])
+    assert len(drawn["names"]) == 4 and set(drawn["names"]) <= set(CLASSES)
+    assert all(len(row) == 3 and set(row) <= set(CLASSES) for row in drawn["rows"])

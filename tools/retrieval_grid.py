@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import main_knn  # noqa: E402
 from data.datasets import dataset_info  # noqa: E402
 from data.loaders import build_eval_loaders  # noqa: E402
+from models.encoder import build_encoder, inherit_normalisation  # noqa: E402
 from utils.args import parse_with_config  # noqa: E402
 from utils.knn import extract_features  # noqa: E402
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.pretrained and not args.random_init:
         raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encode, run = main_knn.build_encoder(args)
+    encode, run = build_encoder(args)
+    inherit_normalisation(args, run)  # the pretraining's --mean/--std unless given
     size = args.img_size or run.get("img_size") or dataset_info(args.dataset).img_size
     train_loader, val_loader, prepare, info = build_eval_loaders(args, size, args.batch_size)
     bank_f, bank_y = extract_features(encode, train_loader, len(train_loader.dataset),

@@ -27,9 +27,12 @@ class OnlineProbe:
 
     def __init__(self, feat_dim: int, num_classes: int, device: torch.device | str,
                  lr: float = 1e-4, wrap: Callable[[nn.Module], nn.Module] | None = None):
-        if not num_classes or num_classes < 2:
-            raise ValueError(f"the online probe needs the dataset's class count (>= 2), got "
-                             f"{num_classes!r}: pass the num_classes of the loader's DatasetInfo")
+        if num_classes is None:
+            raise ValueError("the online probe needs the dataset's class count: pass the "
+                             "num_classes of the loader's DatasetInfo")
+        if num_classes < 2:  # e.g. unlabeled images in one train/<folder>
+            raise SystemExit(f"error: the online probe needs labelled data, and this dataset has "
+                             f"{num_classes} class: pass --online-probe false")
         self.head = nn.Linear(feat_dim, num_classes).to(device)
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=lr)
         self._forward = wrap(self.head) if wrap is not None else self.head
