@@ -187,7 +187,7 @@ def _announce_grayscale(dataset: Any, args: Any) -> None:
 
 
 def _build(args: Any, split: str, transform: Any, subset: int) -> Any:
-    """The split, subsampled (seeded, class-balanced); its size is recorded as args.<split>_images."""
+    """The split, subsampled (seeded, class-balanced); its size goes to args.<split>_images."""
     dataset = build_dataset(args.dataset, _root(args), split, transform=transform,
                             on_bad_image=args.on_bad_image)
     _announce_grayscale(dataset, args)
