@@ -194,7 +194,8 @@ def test_eval_transforms():
 
 def test_registry_and_info():
     assert set(DATASETS) == {"fashion_mnist", "cifar10", "cifar100", "cifar20", "stl10",
-                             "imagenet", "in100", "folder"}  # fmt: skip
+                             "imagenet", "in50", "in100", "in200", "folder"}  # fmt: skip
+    assert [dataset_info(n).num_classes for n in ("in50", "in100", "in200")] == [50, 100, 200]
     info = dataset_info("cifar20")
     assert (info.img_size, info.num_classes, info.in_memory) == (32, 20, True)
     assert dataset_info("in100").num_classes == 100 and not dataset_info("in100").in_memory
