@@ -22,7 +22,6 @@ from torch import Tensor
 from torchvision import datasets as tvd
 from torchvision.transforms.v2 import functional as TF
 
-IN100_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "IN100.txt")
 Transform = Callable[..., object]
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -131,8 +130,6 @@ def image_folder(
         raise DatasetError(
             f"{name}: expected {num_classes} class folders in {path}, found {len(classes)}{hint}"
         )
-    if name == "in100":
-        _check_in100_classes(classes, path)
     try:
         return CheckedImageFolder(path, transform or pil_to_uint8, name, on_bad_image)
     except FileNotFoundError:  # ImageFolder found a class folder without any image
@@ -196,20 +193,6 @@ def _layout_hint(root: str) -> str:
     if os.path.basename(os.path.normpath(root)) in ("train", "val"):
         return f"; {root} looks like a split folder: pass its parent"
     return ""
-
-
-def _check_in100_classes(classes: list[str], path: str) -> None:
-    """ImageNet-100 folders must be the classes of IN100.txt (results compare on one list)."""
-    with open(IN100_LIST) as f:
-        expected = {line.strip() for line in f if line.strip()}
-    extra, missing = sorted(set(classes) - expected), sorted(expected - set(classes))
-    if extra or missing:
-        raise DatasetError(
-            f"in100: the class folders of {path} are not the IN100.txt list (missing "
-            f"{len(missing)}: {_first(missing, 3) or '-'}; unexpected {len(extra)}: "
-            f"{_first(extra, 3) or '-'}); build it with generate_IN100.py, or use --dataset folder "
-            "for another class list"
-        )
 
 
 def _has_image(folder: str) -> bool:
