@@ -33,16 +33,25 @@ def pixels(im: Tensor) -> Tensor:
     return im / FP16_SCALE
 
 
+_SOBEL_CACHE: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _sobel_weight(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The [2, 1, 3, 3] Sobel pair, built once per (dtype, device): a host tensor copied to the GPU
+    every step would be a device sync."""
+    key = (dtype, device)
+    if key not in _SOBEL_CACHE:
+        k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=dtype)
+        _SOBEL_CACHE[key] = torch.stack([k, k.t()])[:, None].to(device)  # [2, 1, 3, 3]
+    return _SOBEL_CACHE[key]
+
+
 def _sobel(im: Tensor) -> tuple[Tensor, Tensor]:
     """The official HOG layer's two 3x3 Sobel responses (zero padding 1) of im [N, 1, H, W].
 
     As a cross-correlation, g0 = left - right columns and g1 = top - bottom rows (weights 1, 2, 1).
     """
-    k = torch.tensor(
-        [[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=im.dtype, device=im.device
-    )
-    weight = torch.stack([k, k.t()])[:, None]  # [2, 1, 3, 3]
-    g = F.conv2d(im, weight, padding=1)  # [N, 2, H, W]
+    g = F.conv2d(im, _sobel_weight(im.dtype, im.device), padding=1)  # [N, 2, H, W]
     return g[:, 0], g[:, 1]
 
 

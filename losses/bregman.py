@@ -71,7 +71,9 @@ def _nt_xent_rows(logits: Tensor, batch: int) -> Tensor:
     """
     self_col, pos_col = _anchor_columns(batch, logits.shape[1] // 2, logits.device)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    logits = logits.index_put((rows, self_col), logits.new_tensor(float("-inf")))  # [2B, 2WB]
+    # torch.full fills on the device (new_tensor would copy from the host: a sync)
+    minus_inf = torch.full((), float("-inf"), dtype=logits.dtype, device=logits.device)
+    logits = logits.index_put((rows, self_col), minus_inf)  # [2B, 2WB]
     return (torch.logsumexp(logits, dim=1) - logits[rows, pos_col]).mean()
 
 
@@ -129,9 +131,12 @@ def selection_stats(winners: Tensor, k_subs: int) -> tuple[Tensor, Tensor]:
     """(sub-networks that win at least one row, entropy in nats of the win histogram).
 
     Replaces the official ``num_max`` (a CPU identity indexed by device indices, methods.md
-    §6.5-1) by a bincount on the input's device. Shapes: winners, long indices in [0, k_subs).
+    §6.5-1) by counts on the input's device (scatter_add_: a CUDA bincount reads its max back to
+    the host). Shapes: winners, long indices in [0, k_subs).
     """
-    counts = torch.bincount(winners.flatten(), minlength=k_subs).float()  # [K]
+    flat = winners.flatten()
+    counts = torch.zeros(k_subs, device=flat.device).scatter_add_(
+        0, flat, torch.ones(flat.shape, device=flat.device))  # [K]
     prob = counts / counts.sum()
     entropy = -(prob * prob.clamp_min(1e-12).log()).sum()
     return (counts > 0).sum().float(), entropy

@@ -40,10 +40,14 @@ def mocov3_loss(q: Tensor, k: Tensor, temperature: float) -> tuple[Tensor, Tenso
     views, batch = q.shape[:2]
     labels = _offset_labels(batch, q.device)
     logits = torch.einsum("vbd,wcd->vwbc", q, k) / temperature  # [V, V, B, W*B]
-    off_diag = ~torch.eye(views, dtype=torch.bool, device=q.device)  # a view is never its own positive
-    pairs = logits[off_diag]  # [P, B, W*B], P = V(V-1) ordered pairs
-    if pairs.shape[0] == 0:
+    if views < 2:
         raise ValueError("mocov3_loss needs at least 2 views")
+    # the V(V-1) ordered pairs i != j, row-major (a view is never its own positive); built by index
+    # arithmetic on the device, since a boolean mask index would be a device->host sync
+    pair = torch.arange(views * (views - 1), device=q.device)
+    i, jj = pair // (views - 1), pair % (views - 1)
+    j = jj + (jj >= i).long()
+    pairs = logits.flatten(0, 1).index_select(0, i * views + j)  # [P, B, W*B]
     ce = F.cross_entropy(pairs.flatten(0, 1), labels.repeat(pairs.shape[0]), reduction="none")
     loss = ce.view(pairs.shape[0], batch).mean(1).sum() * (2 * temperature)
     return loss, accuracy(pairs.flatten(0, 1), labels.repeat(pairs.shape[0]))

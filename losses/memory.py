@@ -38,6 +38,14 @@ class FeatureQueue(nn.Module):
         self.register_buffer("bank", bank)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.gather = gather
+        # a bank that is not gathered differs per rank: checkpoints keep every rank's copy
+        self.per_rank_state = not gather
+        # host copy of ptr: reading the buffer every enqueue would be a device->host sync
+        self._ptr = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ptr = int(self.ptr)  # once per load, not per step
 
     @property
     def size(self) -> int:
@@ -49,15 +57,14 @@ class FeatureQueue(nn.Module):
         if self.gather:
             x = dist.gather_no_grad(x, dim=0)
         x = x.detach().to(self.bank.dtype)
-        # note: reading ptr is a device->host sync; one per step, outside the loss math
-        ptr = int(self.ptr)
-        n = x.shape[0]
+        ptr, n = self._ptr, x.shape[0]
         if ptr + n >= self.size:
             self.bank[ptr:] = x[: self.size - ptr]
-            self.ptr.zero_()
+            self._ptr = 0
         else:
             self.bank[ptr : ptr + n] = x
-            self.ptr.fill_(ptr + n)
+            self._ptr = ptr + n
+        self.ptr.fill_(self._ptr)  # a fill kernel from a host scalar: no sync
 
     def snapshot(self) -> Tensor:
         """A copy of the bank as it is now (callers take it before the step's enqueue)."""

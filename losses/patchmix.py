@@ -50,7 +50,7 @@ def patchmix_targets(batch: int, m: int, smoothing: float, like: Tensor,
     src_cols = (ids + torch.arange(m, **kw)) % batch + batch * rank  # [B, m]
     mix_cols = (ids - m + 1 + torch.arange(2 * m - 1, **kw) + batch) % batch + batch * rank
     weights = 1.0 - torch.abs(m - torch.arange(2 * m - 1, dtype=like.dtype, **kw) - 1) / m
-    on_src = torch.tensor((1.0 - smoothing) / m + off, dtype=like.dtype, **kw)
+    on_src = torch.full((), (1.0 - smoothing) / m + off, dtype=like.dtype, **kw)  # no H2D copy
     on_mix = (1.0 - smoothing) * weights / m + off  # [2m - 1]
     return (_soft_one_hot(src_cols, on_src, num_classes, off, accumulate),
             _soft_one_hot(mix_cols, on_mix, num_classes, off, accumulate))

@@ -97,7 +97,8 @@ def shuffle_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     rank, world = _world()
     full = _all_gather(x) if world > 1 else x
-    perm = torch.randperm(full.shape[0]).to(x.device)  # CPU generator, as the official code
+    # drawn on the device (a CPU draw copied over is a sync); rank 0's is broadcast anyway
+    perm = torch.randperm(full.shape[0], device=x.device)
     if world > 1:
         torch_dist.broadcast(perm, src=0)
     return full[perm.view(world, -1)[rank]], torch.argsort(perm)

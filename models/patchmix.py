@@ -84,7 +84,7 @@ class PatchMixMoCo(MoCoV3):
             p.append(qc.view(len(crops), batch, -1))
             p_mix.append(mqc.view(len(crops), batch, -1))
         extras = {"p_mix": torch.cat(p_mix), "k_mix": mk1[None],
-                  "mixed": torch.tensor(mixed, device=x1.device)}
+                  "mixed": torch.full((), mixed, device=x1.device)}  # a fill, not an H2D copy
         return ViewOutputs(p=torch.cat(p), k=torch.stack([k1, k2]), z=torch.cat(z), h=torch.cat(h),
                            extras=extras)
 

@@ -135,6 +135,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.grid = img_size // patch_size
         self.pos_embed_type = pos_embed
+        self._sincos_cache: dict[tuple, Tensor] = {}  # sin-cos tables of other grids (multi-crop)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, embed_dim))
@@ -171,7 +172,12 @@ class VisionTransformer(nn.Module):
         if grid_h == grid_w == self.grid:
             return self.pos_embed
         if self.pos_embed_type == "sincos":
-            return sincos_pos_embed_2d(grid_h, grid_w, self.embed_dim).to(self.pos_embed)
+            # built on the host once per grid/device/dtype (a per-forward copy would be a sync)
+            key = (grid_h, grid_w, self.pos_embed.device, self.pos_embed.dtype)
+            if key not in self._sincos_cache:
+                table = sincos_pos_embed_2d(grid_h, grid_w, self.embed_dim)
+                self._sincos_cache[key] = table.to(self.pos_embed)
+            return self._sincos_cache[key]
         n, dim = self.grid, self.embed_dim
         patch = self.pos_embed[:, 1:].reshape(1, n, n, dim).permute(0, 3, 1, 2)  # [1, D, n, n]
         # PatchMix/DINO: +0.1 so that floor(n * scale) hits the target size despite rounding
