@@ -20,6 +20,7 @@ e.g. MV-MR's `2 * int(0.05 * size) + 1`). It is capped at `2 * size - 1` (reflec
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -511,10 +512,15 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     hue = (hue + shift.view(-1, 1, 1)) % 1.0
     sat = chroma / torch.where(vmax > 0, vmax, torch.ones_like(vmax))
     # HSV -> RGB: channel = v - v * s * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # 5, 3, 1; no H2D copy
     k = (n + 6 * hue.unsqueeze(1)) % 6
     ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
     return vmax.unsqueeze(1) * (1 - sat.unsqueeze(1) * ramp)
+
+
+def _sync_free(x: Tensor) -> bool:
+    """Avoid data-dependent shapes (nonzero: a device->host sync) on accelerators."""
+    return x.device.type != "cpu"
 
 
 def color_jitter(
@@ -541,14 +547,18 @@ def color_jitter(
         )
         ratio = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
         x = (ratio * x + (1 - ratio) * target).clamp_(0.0, 1.0)
-        if with_hue:  # only the samples whose hue op sits in this slot (2-3x faster, same output)
-            idx = (op == 3).nonzero().squeeze(1)  # note: a host sync on GPU, 4 per view group
+        if with_hue and _sync_free(x):  # every sample, kept only where selected: no host sync
+            x = torch.where(per_sample(op == 3), _shift_hue(x, f), x)
+        elif with_hue:  # on the CPU only the selected samples (2-3x faster, same output)
+            idx = (op == 3).nonzero().squeeze(1)
             x = x.index_copy(0, idx, _shift_hue(x[idx], f[idx]))
     return x
 
 
+@functools.lru_cache(maxsize=64)
 def _randaugment_magnitudes(magnitude: int, height: int, width: int) -> list[float]:
-    """Each RandAugment op's (unsigned) magnitude at bin `magnitude`, as torchvision computes it."""
+    """Each RandAugment op's (unsigned) magnitude at bin `magnitude`, as torchvision computes it
+    (once per size: 11 tensor reads otherwise at every call)."""
     out = []
     for fn, _ in _RANDAUGMENT_SPACE.values():
         out.append(0.0 if fn is None else float(fn(_RANDAUGMENT_BINS, height, width)[magnitude]))
@@ -613,6 +623,16 @@ def _randaugment_op(x: Tensor, name: str, magnitude: float) -> Tensor:
     raise ValueError(f"unknown RandAugment op {name}")
 
 
+_SIGNED_OPS: dict[torch.device, Tensor] = {}
+
+
+def _signed_ops(device: torch.device) -> Tensor:
+    """Which RandAugment ops take a sign, on `device`; copied there once (each copy is a sync)."""
+    if device not in _SIGNED_OPS:
+        _SIGNED_OPS[device] = torch.tensor([s for _, s in _RANDAUGMENT_SPACE.values()]).to(device)
+    return _SIGNED_OPS[device]
+
+
 def randaugment(x: Tensor, apply: Tensor, ops: Tensor, negate: Tensor, magnitude: int) -> Tensor:
     """Per-sample RandAugment of x [n, C, H, W] in [0, 1]: sample i, where apply[i], gets the ops
     ops[i, 0], ops[i, 1], ... (indices into `_RANDAUGMENT_OPS`) in that order, with torchvision's
@@ -625,12 +645,14 @@ def randaugment(x: Tensor, apply: Tensor, ops: Tensor, negate: Tensor, magnitude
     if ops.shape[1] == 0 or not x.shape[0]:
         return x
     magnitudes = _randaugment_magnitudes(magnitude, x.shape[-2], x.shape[-1])
-    signed = torch.tensor([s for _, s in _RANDAUGMENT_SPACE.values()], device=x.device)
+    signed = _signed_ops(x.device)
     x = x.clone()
     for k in range(ops.shape[1]):  # loop over the op slots, never over samples
         op = ops[:, k]
         key = torch.where(apply, op * 2 + (negate[:, k] & signed[op]).long(), 0)  # 0: Identity
-        counts = torch.bincount(key, minlength=2 * n_ops).tolist()  # the host sync of this slot
+        # scatter_add_, not bincount (a CUDA bincount reads its max back first): one sync per slot
+        counts = torch.zeros(2 * n_ops, dtype=torch.long, device=key.device)
+        counts = counts.scatter_add_(0, key, torch.ones_like(key)).tolist()
         perm = key.argsort(stable=True)
         start = counts[0] + counts[1]  # Identity (and not applied): unchanged
         for group in range(2, 2 * n_ops):
