@@ -17,7 +17,7 @@ from torch import nn
 
 from data.datasets import dataset_info
 from data.representations import REPRESENTATIONS, batch_augment, compute_representations
-from data.views import METHOD_VIEWS, Side, ViewSpec, add_view_args, describe, expand, resolve_sides
+from data.views import Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
 from losses.bregman import BeCLR
 from losses.dependence import MVMR as MVMRLoss
