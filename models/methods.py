@@ -402,13 +402,14 @@ def load_pretrained(path: str, prefer: str = "online") -> tuple[nn.Module, dict]
 
 
 def mvmr_clip_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMRCLIP:
-    """MV-MR student (as mvmr_builder, no hand-crafted representations) + frozen open_clip teacher."""
-    teacher = build_clip_teacher(args.clip_model, args.clip_pretrained, args.clip_image_size)
+    """MV-MR student (as mvmr_builder, no hand-crafted representations) + frozen CLIP teacher."""
+    teacher = partial(build_clip_teacher, args.clip_model, args.clip_pretrained,
+                      args.clip_image_size)  # loaded at the first training step
     renormalize = None
     if args.clip_renormalize:  # the official run feeds CLIP the student's normalisation
         info = dataset_info(args.dataset)
         mean, std = getattr(args, "mean", None) or info.mean, getattr(args, "std", None) or info.std
-        renormalize = ((tuple(mean), tuple(std)), (teacher.image_mean, teacher.image_std))
+        renormalize = (tuple(mean), tuple(std))
     model = MVMRCLIP(backbone, feat_dim, teacher, proj_dims=args.proj_dims, small_kernel=False,
                      zero_init_residual=False, renormalize=renormalize)
     model.sync_bn = False  # as mvmr: the official Lightning Trainer has no sync_batchnorm

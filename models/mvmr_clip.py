@@ -14,6 +14,8 @@ follows ``.to()``/``.half()`` with the student.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,43 +59,57 @@ class MVMRCLIP(MVMR):
 
     Args:
         backbone, feat_dim, proj_dims, small_kernel, zero_init_residual: as MVMR.
-        teacher: image encoder [B, 3, S, S] -> [B, E] (frozen; build_clip_teacher).
-        renormalize: None feeds the student's normalised original view as it is (official), or
-            ((mean, std) of the student's input, (mean, std) the teacher expects) to re-normalise.
+        teacher: image encoder [B, 3, S, S] -> [B, E], or a function returning one (called at the
+            first forward: building the model for evaluation or inspection loads no CLIP weights).
+            Frozen and kept in eval mode.
+        renormalize: None feeds the student's normalised original view as it is (official), or the
+            (mean, std) of the student's input, re-normalised to the teacher's image_mean/image_std.
 
     Shapes: as MVMR, plus extras["rep_clip"] [B, E] = teacher(resize(original)) / 32.
     """
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, teacher: nn.Module, *,
+    def __init__(self, backbone: nn.Module, feat_dim: int,
+                 teacher: nn.Module | Callable[[], nn.Module], *,
                  proj_dims: str = "8192-8192-8192", small_kernel: bool = False,
                  zero_init_residual: bool = True,
                  renormalize: tuple[tuple, tuple] | None = None) -> None:
         super().__init__(backbone, feat_dim, proj_dims=proj_dims, representations=None,
                          small_kernel=small_kernel, zero_init_residual=zero_init_residual)
-        self._teacher = (teacher.eval().requires_grad_(False),)  # a tuple: not a submodule
+        # a list, not an attribute nn.Module registers: the teacher is in no state_dict,
+        # no optimizer and no DDP bucket
+        self._teacher: list[nn.Module] = []
+        self._make_teacher = teacher if not isinstance(teacher, nn.Module) else None
+        if isinstance(teacher, nn.Module):
+            self._teacher.append(teacher.eval().requires_grad_(False))
         self.renormalize = renormalize
 
     @property
     def teacher(self) -> nn.Module:
+        if not self._teacher:
+            self._teacher.append(self._make_teacher().eval().requires_grad_(False))
         return self._teacher[0]
 
     def _apply(self, fn, *args, **kwargs):
-        self.teacher._apply(fn, *args, **kwargs)  # device and dtype moves reach the teacher
+        if self._teacher:  # device and dtype moves reach a built teacher
+            self._teacher[0]._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
+
+    def _channel(self, values, like: Tensor) -> Tensor:  # [3, 1, 1], broadcast over [B, 3, H, W]
+        return torch.as_tensor(values, device=like.device, dtype=like.dtype)[:, None, None]
 
     @torch.no_grad()
     def teacher_features(self, x_orig: Tensor) -> Tensor:
         """[B, C, H, W] original view -> [B, E] teacher embedding / 32."""
-        x = x_orig
+        teacher, x = self.teacher, x_orig
+        param = next(teacher.parameters())
+        if param.device != x.device:  # built lazily, after the student moved
+            teacher.to(x.device)
         if self.renormalize is not None:
-            (mean, std), (t_mean, t_std) = self.renormalize
-            def channel(v: tuple) -> Tensor:  # [3, 1, 1], broadcast over [B, 3, H, W]
-                return torch.tensor(v, device=x.device, dtype=x.dtype)[:, None, None]
-
-            x = (x * channel(std) + channel(mean) - channel(t_mean)) / channel(t_std)
-        x = F.interpolate(x, size=teacher_size(self.teacher), mode="bilinear", align_corners=False)
-        dtype = next(self.teacher.parameters()).dtype
-        return self.teacher(x.to(dtype)).float() / TEACHER_SCALE
+            mean, std = (self._channel(v, x) for v in self.renormalize)
+            t_mean, t_std = (self._channel(v, x) for v in (teacher.image_mean, teacher.image_std))
+            x = (x * std + mean - t_mean) / t_std
+        x = F.interpolate(x, size=teacher_size(teacher), mode="bilinear", align_corners=False)
+        return teacher(x.to(param.dtype)).float() / TEACHER_SCALE
 
     def forward(self, views: list[Tensor]) -> ViewOutputs:
         out = super().forward(views)

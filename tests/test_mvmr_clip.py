@@ -69,6 +69,22 @@ def official_loss(z, z_orig, clip):
 # ============ tests ============
 
 
+def test_teacher_factory_is_called_at_the_first_forward_only():
+    built = []
+
+    def make():
+        built.append(TinyTeacher())
+        return built[-1]
+
+    model = tiny_student(make)
+    model.to(torch.float32)
+    assert built == []  # building (evaluation, inspection) loads no teacher
+    model(views())
+    model(views())
+    assert len(built) == 1 and not built[0].training
+    assert not any(p.requires_grad for p in built[0].parameters())
+
+
 def test_teacher_sees_the_resized_original_and_is_frozen_outside_the_state():
     teacher = TinyTeacher()
     model = tiny_student(teacher)
@@ -103,7 +119,8 @@ def test_dcor_terms_and_loss_match_the_official_step():
 def test_renormalize_maps_student_statistics_to_the_teacher_s():
     teacher = TinyTeacher()
     stats = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), ((0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
-    model = tiny_student(teacher, renormalize=stats)
+    teacher.image_mean, teacher.image_std = stats[1]  # as open_clip's visual tower carries them
+    model = tiny_student(teacher, renormalize=stats[0])
     pixels = torch.rand(4, 3, 24, 24)
     mean, std = (torch.tensor(v)[:, None, None] for v in stats[0])
     t_mean, t_std = (torch.tensor(v)[:, None, None] for v in stats[1])
