@@ -53,14 +53,14 @@ def subset_indices(targets: Tensor | None, size: int, n: int, seed: int) -> Tens
     if targets is None:
         return torch.randperm(size, generator=g)[:n].sort().values
     targets = torch.as_tensor(targets).long()
-    unlabelled = (targets < 0).nonzero().flatten()
-    n_unlabelled = round(n * len(unlabelled) / size)
-    classes = targets[targets >= 0].unique()  # sorted
-    counts = torch.stack([(targets == c).sum() for c in classes]) if len(classes) else targets[:0]
+    order = torch.argsort(targets, stable=True)  # unlabelled (< 0) first, then class by class
+    n_unlabelled_all = int((targets < 0).sum())
+    unlabelled, labelled = order[:n_unlabelled_all], order[n_unlabelled_all:]
+    n_unlabelled = round(n * n_unlabelled_all / size)
+    counts = targets[labelled].unique_consecutive(return_counts=True)[1]  # [C], sorted classes
     quota = balanced_quota(counts, n - n_unlabelled, g)
     picked = [unlabelled[torch.randperm(len(unlabelled), generator=g)[:n_unlabelled]]]
-    for c, q in zip(classes.tolist(), quota.tolist()):
-        members = (targets == c).nonzero().flatten()
+    for members, q in zip(labelled.split(counts.tolist()), quota.tolist()):
         picked.append(members[torch.randperm(len(members), generator=g)[:q]])
     return torch.cat(picked).sort().values
 
