@@ -11,6 +11,7 @@ schedules -> resume -> train), train_one_epoch, evaluate.
 
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -22,8 +23,9 @@ from data.loaders import build_eval_loaders
 from main_knn import build_encoder
 from utils import dist
 from utils.args import add_common_args, parse_with_config
-from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, prune_checkpoints,
-                              restore_training_state, save_atomic, training_state)
+from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, list_checkpoints,
+                              load_checkpoint, prune_checkpoints, restore_training_state,
+                              save_atomic, training_state)
 from utils.finetune import (Classifier, accuracy, build_criterion, build_ema, build_mixup,
                             build_optimizer, build_scheduler, set_drop_path, set_lr,
                             unfreeze_pos_embed)
@@ -138,6 +140,7 @@ def main_worker(gpu, args):
                          "processes; pick a multiple of the world size")
     args.batch_size_per_gpu = args.batch_size // args.world_size
     args.lr_effective = args.lr * args.batch_size / 256
+    check_not_pretraining_dir(args.results_dir)
     seed_everything((args.seed or 0) + args.rank)
     log_run_args(args, dist.is_main_process())
     t0 = time.time()
@@ -187,7 +190,7 @@ def main_worker(gpu, args):
 
     def save(epoch: int, step: int) -> None:
         state = training_state(parts, epoch, step, args, start["nonfinite_skipped"])
-        state["best"] = dict(best)
+        state["best"], state["kind"] = dict(best), "finetune"
         if dist.is_main_process():
             save_atomic(state, checkpoint_path(args.results_dir, epoch, step))
             prune_checkpoints(args.results_dir, args.keep_checkpoints)
@@ -224,6 +227,15 @@ def main_worker(gpu, args):
         kind = "finetune_random_init" if args.random_init else "finetune"
         write_results(args.results_dir, kind, args, metrics, time.time() - t0)
     dist.cleanup()
+
+
+def check_not_pretraining_dir(results_dir: str) -> None:
+    """Fine-tuning checkpoints share pretraining's names: in a pretraining run's directory, the
+    pruning would delete its checkpoints and --resume auto would load one of them."""
+    existing = list_checkpoints(results_dir)
+    if existing and load_checkpoint(existing[0]).get("kind") != "finetune":
+        raise SystemExit(f"error: {results_dir} holds pretraining checkpoints; give fine-tuning "
+                         f"its own --results_dir (e.g. {os.path.join(results_dir, 'finetune')})")
 
 
 def train_one_epoch(model, model_without_ddp, criterion, loader, optimizer, scheduler, scaler,

@@ -118,7 +118,11 @@ def build_train_loader(args: Any, info: Any, size: int) -> tuple[DataLoader, int
     loader = DataLoader(SeededAllSamples(dataset, args.seed or 0), batch_size=args.batch_size_per_gpu,
                         sampler=sampler, num_workers=args.workers, drop_last=True,
                         pin_memory=args.device.type == "cuda", persistent_workers=args.workers > 0,
-                        worker_init_fn=_ignore_sigterm if args.workers > 0 else None)
+                        worker_init_fn=_ignore_sigterm if args.workers > 0 else None,
+                        # each iterator draws a worker base seed: from its own generator, not from
+                        # the global RNG that drop path and Mixup draw from (a resumed run starts
+                        # an iterator where the uninterrupted one did not)
+                        generator=torch.Generator())
     if len(loader) == 0:
         raise SystemExit(f"error: -b {args.batch_size} is larger than the {len(dataset)} labelled "
                          "images; lower the batch size or raise --label-fraction")
