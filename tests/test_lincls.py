@@ -179,3 +179,20 @@ def test_val_resize_ratio_is_patchmix_resize_then_centre_crop():
     torch.testing.assert_close(per_sample(img), expected)
     with pytest.raises(argparse.ArgumentTypeError):
         ratio("0")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"lr_schedule": "step"}, "needs --lr-steps"),
+    ({"backbone_mode": "train", "cache_features": True}, "needs --cache-features false"),
+    ({"head_init": "probe", "random_init": True}, "needs --pretrained"),
+    ({"batch_size": 33}, "not a multiple of the 2 processes"),
+    ({"epochs": 0}, "at least one epoch"),
+])
+def test_contradictory_flags_are_one_line_errors(change, message):
+    args = argparse.ArgumentParser(parents=[main_lincls.get_args_parser()]).parse_args(
+        ["--random-init"])
+    args.world_size = 2
+    for key, value in change.items():
+        setattr(args, key, value)
+    with pytest.raises(SystemExit, match=message):
+        main_lincls.check_args(args)
