@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from data.datasets import DatasetError, dataset_info
+from data.datasets import DatasetError
 from data.finetune import AUGS, build_train_loader
 from data.label_subsets import DRAWS
-from data.loaders import build_eval_loaders
-from main_knn import build_encoder
+from data.loaders import build_eval_loaders, resolve_info
+from models.encoder import add_encoder_args, build_encoder, inherit_normalisation
 from utils import dist
 from utils.args import add_common_args, parse_with_config
 from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, list_checkpoints,
@@ -44,22 +44,11 @@ RUN_KEYS = ["arch", "img_size", "batch_size", "pretrained", "random_init", "labe
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Fine-tuning", add_help=False)
     add_common_args(parser)
-    g = parser.add_argument_group("encoder")
-    g.add_argument("--pretrained", default="", help="checkpoint of main_pretrain.py, moco-v3, "
-                                                    "PatchMix or DSF")
-    g.add_argument("--random-init", action="store_true", help="fine-tune a random encoder (baseline)")
-    g.add_argument("-a", "--arch", default="resnet50", help="backbone when not in the checkpoint")
-    g.add_argument("--method", default=None, help="with --random-init: that method's backbone variant")
-    g.add_argument("--width", default=64, type=int)
-    g.add_argument("--img-size", default=None, type=int, help="default: the checkpoint's")
-    g.add_argument("--patch-size", default=None, type=int)
-    g.add_argument("--encoder", default="online", choices=["online", "momentum"],
-                   help="which backbone of a momentum method (PatchMix fine-tunes the momentum one)")
+    add_encoder_args(parser)  # --pretrained / --random-init -a --method, --encoder, val resizing
+    g = parser.add_argument_group("fine-tuning")
     g.add_argument("--drop-path", default=0.0, type=probability, help="ViT stochastic depth (0.1 DeiT)")
     g.add_argument("--train-pos-embed", default=False, type=bool_flag,
                    help="train a fixed sin-cos position embedding (DeiT fine-tuning a moco-v3 ViT)")
-    g.add_argument("--features", default="backbone", help=argparse.SUPPRESS)
-    g.add_argument("--similarity", default="cosine", help=argparse.SUPPRESS)
     g = parser.add_argument_group("labels (semi-supervised)")
     g.add_argument("--label-fraction", default=1.0, type=float,
                    help="fraction of the training labels used (0.01 / 0.1: semi-supervised; 1: all)")
@@ -147,13 +136,14 @@ def main_worker(gpu, args):
 
     # ============ model ============
     backbone, run = build_encoder(args)
+    inherit_normalisation(args, run)  # the pretraining's --mean/--std unless given
     args.img_size = args.img_size or run["img_size"]
     set_drop_path(backbone, args.drop_path)
     if args.train_pos_embed:
         unfreeze_pos_embed(backbone)
 
     # ============ data ============
-    info = dataset_info(args.dataset)
+    info = resolve_info(args)
     loader, train_images, num_classes = build_train_loader(args, info, args.img_size)
     _, val_loader, prepare, _ = build_eval_loaders(args, args.img_size, args.batch_size_per_gpu)
     iters = min(len(loader), args.steps_per_epoch or len(loader))

@@ -26,7 +26,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from data.datasets import build_dataset
 from data.label_subsets import dataset_targets, draw_subset, load_subset, save_subset
-from data.loaders import SeededSamples, _ignore_sigterm, first_n
+from data.loaders import SeededSamples, _ignore_sigterm
+from data.subsets import make_subset
 from data.transforms import eval_transform
 from utils import dist
 from utils.sampler import ResumableSampler
@@ -105,9 +106,10 @@ def labelled_indices(args: Any, dataset: Any) -> np.ndarray | None:
 def build_train_loader(args: Any, info: Any, size: int) -> tuple[DataLoader, int, int]:
     """(shuffled drop-last loader of (image, label) on the labelled subset, its image count,
     the number of classes)."""
-    dataset = first_n(build_dataset(args.dataset, args.data, "train",
-                                    transform=train_transform(args, info, size),
-                                    on_bad_image=args.on_bad_image), args.train_subset)
+    dataset = build_dataset(args.dataset, args.data, "train",
+                            transform=train_transform(args, info, size),
+                            on_bad_image=args.on_bad_image)
+    dataset = make_subset(dataset, args.train_subset, args.seed or 0)  # as the eval loaders do
     num_classes = info.num_classes or int(dataset_targets(dataset).max()) + 1  # `folder`
     indices = labelled_indices(args, dataset)
     if indices is not None:
