@@ -1,19 +1,21 @@
-"""Images/s delivered by each augmentation recipe: our batched path, our per-sample path, lightly.
+"""What each multi-view data path costs: our batched, per-sample and split paths vs lightly.
 
-    python -m benchmarks.bench_data [--quick] [--workers 2]
+    python -m benchmarks.bench_data [--quick] [--workers 2] [--json]
 
 32 px (in-memory uint8, as CIFAR): BatchMultiView on uint8 batches sliced from the tensor (what
 main_pretrain does for in-memory datasets) vs MultiViewTransform per sample in a DataLoader vs
 lightly's multi-view transforms on PIL images (what torchvision's CIFAR10 yields), with 0 and N
 loader workers. 224 px: JPEG files in a temporary folder read by ImageFolder, decoded in the
-loader (PIL), then our per-sample path (what main_pretrain does for folder datasets) or lightly's.
-Random images are used: augmentation cost does not depend on content; JPEGs are smooth random
-fields so that they compress and decode like photographs, not like noise.
-"""
+workers (PIL), then per view: our per-sample path (--aug-device workers), our split path (the
+workers only crop and flip, --aug-device split) or lightly's PIL pipeline; measured as worker CPU
+milliseconds per image (robust to a shared machine) and images/s. Random images are used:
+augmentation cost does not depend on content; JPEGs are smooth random fields so that they
+compress and decode like photographs, not like noise."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -24,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
-from benchmarks.common import markdown_table, ratio, report, write_json
+from benchmarks.common import RESULTS_DIR, markdown_table, ratio, report, write_json
 from data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -36,7 +38,8 @@ from data.transforms import (
     MultiViewTransform,
     ViewSpec,
 )
-from data.views import byol_asymmetric, simclr_symmetric
+from data.split_views import DevicePhotometric, GeometricViews
+from data.views import byol_asymmetric, multicrop, simclr_symmetric
 
 NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -210,39 +213,105 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
     return rows
 
 
+def recipes_224(ns_list: Iterable[int] = (1, 4)) -> dict[str, list[ViewSpec]]:
+    """V = 2 and ns = 4 (BYOL pair), and PatchMix's ImageNet multi-crop (2 x 224 + 8 x 96)."""
+    out = {f"byol_asymmetric ns={ns}": byol_asymmetric(224, ns=ns) for ns in ns_list}
+    pair = byol_asymmetric(224, crop_min=0.35, interpolation="bicubic")
+    out["patchmix 2x224+8x96"] = multicrop(pair, 8, 96, local_scale=(0.05, 0.35))
+    return out
+
+
+def lightly_224(name: str) -> Callable[[Image.Image], list[Tensor]]:
+    """lightly's per-view PIL pipeline for our 224-px recipe `name`."""
+    from lightly.transforms import BYOLView1Transform, BYOLView2Transform
+    from lightly.transforms.multi_view_transform import MultiViewTransform as LightlyMultiView
+
+    if not name.startswith("patchmix"):
+        return lightly_transform(name, 224)
+    view1 = BYOLView1Transform(input_size=224, min_scale=0.35, normalize=NORMALIZE)
+    view2 = BYOLView2Transform(input_size=224, min_scale=0.35, normalize=NORMALIZE)
+    local = BYOLView1Transform(input_size=96, min_scale=0.05, gaussian_blur=0.5,
+                               normalize=NORMALIZE)
+    return LightlyMultiView([view1, view2] + [local] * 8)
+
+
+def _collate_with_cpu(batch: list) -> tuple:
+    """Default collate, plus the worker's id and its process CPU seconds so far (all its work:
+    decode, views, collate)."""
+    info = torch.utils.data.get_worker_info()
+    return default_collate(batch), (info.id if info else -1), time.process_time()
+
+
+def worker_cost(dataset: Dataset, workers: int, batch: int, seconds: float) -> tuple[float, float]:
+    """(worker CPU ms per image, images/s) of a DataLoader in steady state: each worker's first
+    batch (start-up) is the baseline of its CPU clock; images/s after the first batch."""
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**7)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                        collate_fn=_collate_with_cpu)
+    it = iter(loader)
+    first: dict[int, float] = {}
+    last: dict[int, tuple[float, int]] = {}
+    n, t0 = 0, None
+    while t0 is None or time.perf_counter() - t0 < seconds or len(last) < len(first):
+        _, worker, cpu = next(it)
+        if worker not in first:
+            first[worker] = cpu
+            t0 = t0 or time.perf_counter()
+            continue
+        n += batch
+        last[worker] = (cpu, last.get(worker, (0.0, 0))[1] + batch)
+    rate = n / (time.perf_counter() - t0)
+    del it  # stops the workers
+    cpu_s = sum(cpu - first[w] for w, (cpu, _) in last.items())
+    return 1000 * cpu_s / sum(count for _, count in last.values()), rate
+
+
+def device_ms(specs: list[ViewSpec], batch: int = 32, repeats: int = 3) -> float:
+    """CPU ms per image of the split placement's device stage, run here on the CPU."""
+    stage = DevicePhotometric(specs, IMAGENET_MEAN, IMAGENET_STD)
+    views = [torch.randint(0, 256, (batch, 3, s.size, s.size), dtype=torch.uint8) for s in specs]
+    stage(views)  # warm-up
+    t0 = time.process_time()
+    for _ in range(repeats):
+        stage(views)
+    return 1000 * (time.process_time() - t0) / (repeats * batch)
+
+
 def run_224px(quick: bool, workers: int, seconds: float, n_files: int) -> list[dict]:
+    """Per-sample, split and lightly side by side, at 224 px, on the same JPEG folder."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_jpegs(Path(tmp), n_files)
-        decode_only = tvd.ImageFolder(tmp, transform=lambda img: torch.zeros(1))
-        base = {"decode only (PIL)": loader_rate(decode_only, workers, 16, seconds)}
-        names = ("byol_asymmetric ns=1",) if quick else ("byol_asymmetric ns=1", "simclr_symmetric")
-        all_recipes = recipes(224, (1,))
-        for name in names:
-            specs = all_recipes[name]
-            row = {"recipe": name, "V": len(specs), **base}
-            ours = MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD)  # decodes with PIL
-            for w in (workers,) if quick else (0, workers):
-                row[f"ours w={w}"] = loader_rate(
-                    tvd.ImageFolder(tmp, transform=ours), w, 16, seconds
-                )
-                row[f"lightly w={w}"] = loader_rate(
-                    tvd.ImageFolder(tmp, transform=lightly_transform(name, 224)), w, 16, seconds
-                )
-            row[f"ours PIL* w={workers}"] = loader_rate(
-                tvd.ImageFolder(tmp, transform=PILMultiView(specs)), workers, 16, seconds
-            )
-            row[f"ours/lightly w={workers}"] = ratio(
-                row[f"ours w={workers}"], row[f"lightly w={workers}"]
-            )
-            row["PIL*/lightly"] = ratio(row[f"ours PIL* w={workers}"], row[f"lightly w={workers}"])
-            print(
-                f"  224px {name:24} ours {row[f'ours w={workers}']:6.1f}  lightly "
-                f"{row[f'lightly w={workers}']:6.1f} img/s",
-                flush=True,
-            )
-            rows.append(row)
+        decode_ms, _ = worker_cost(tvd.ImageFolder(tmp, transform=lambda img: torch.zeros(1)),
+                                   workers, 16, seconds)
+        for name, specs in recipes_224().items():
+            placements = {
+                "per-sample": MultiViewTransform(specs, IMAGENET_MEAN, IMAGENET_STD),
+                "split": GeometricViews(specs),
+                "lightly": lightly_224(name),
+            }
+            for placement, transform in placements.items():
+                ms, rate = worker_cost(tvd.ImageFolder(tmp, transform=transform), workers, 16,
+                                       seconds)
+                row = {"recipe": name, "views": len(specs), "placement": placement,
+                       "worker_ms_per_image": ms, "img_per_s": rate,
+                       "decode_ms_per_image": decode_ms}
+                if placement == "split":
+                    row["device_stage_cpu_ms_per_image"] = device_ms(specs, 8 if quick else 32)
+                print(f"  224px {name:24} {placement:10} {ms:7.2f} worker CPU-ms/img  "
+                      f"{rate:6.1f} img/s", flush=True)
+                rows.append(row)
     return rows
+
+
+def ratios_224(rows: list[dict]) -> list[dict]:
+    """Per recipe: lightly / split and lightly / per-sample worker CPU-ms (higher = ours cheaper)."""
+    out = []
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        ms = {r["placement"]: r["worker_ms_per_image"] for r in rows if r["recipe"] == name}
+        out.append({"recipe": name, "lightly/split": ratio(ms["lightly"], ms["split"]),
+                    "lightly/per-sample": ratio(ms["lightly"], ms["per-sample"])})
+    return out
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -257,21 +326,27 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
     small = run_32px(quick, workers, seconds)
     print(f"224 px, {n_files} JPEG files", flush=True)
     large = run_224px(quick, workers, seconds, n_files)
-    write_json(
-        "data",
-        {
-            "quick": quick,
-            "workers": workers,
-            "seconds_per_cell": seconds,
-            "jpeg_files": n_files,
-            "rows_32px": small,
-            "rows_224px": large,
-        },
-    )
+    payload = {
+        "quick": quick,
+        "workers": workers,
+        "seconds_per_cell": seconds,
+        "jpeg_files": n_files,
+        "rows_32px": small,
+        "rows_224px": large,
+    }
+    write_json("data", payload)
+    return section(payload)
+
+
+def section(payload: dict) -> tuple[str, list[dict]]:
+    """(Markdown section, targets) of a data.json payload: also rebuilds them from the file."""
+    workers, seconds, n_files = (payload[k] for k in ("workers", "seconds_per_cell", "jpeg_files"))
+    small, large = payload["rows_32px"], payload["rows_224px"]
+    threads = payload.get("environment", {}).get("threads", torch.get_num_threads())
     notes = [
         (
             "source images/s (each gives V views); w = DataLoader workers; ours batched = "
-            f"BatchMultiView on 256-image uint8 batches, {torch.get_num_threads()} torch threads, "
+            f"BatchMultiView on 256-image uint8 batches, {threads} torch threads, "
             "in the main process (no workers: it runs where the model runs)"
         ),
         (
@@ -282,7 +357,22 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
             "recipes at their defaults (blur on, also at 32 px); lightly: BYOLView1/2Transform x "
             "ns and SimCLRTransform with the same probabilities, PIL ops per view"
         ),
-        f"224 px: {n_files} JPEGs of 256-400 px (quality 90), ImageFolder + PIL decode",
+        (
+            f"224 px: {n_files} JPEGs of 256-400 px (quality 90), ImageFolder + PIL decode, "
+            f"{workers} workers, batches of 16; worker_ms_per_image = CPU time of the worker "
+            "processes (time.process_time at each collate: decode, views, collate) per image, "
+            "after each worker's first batch; img_per_s = images the loader delivers per second"
+        ),
+        (
+            "the machine is shared with other jobs: CPU-ms per image barely moves with the load, "
+            "img/s does (compare img/s only within one run); split's device stage (colour ops, "
+            "normalisation) runs on the training device and is not in worker_ms_per_image: "
+            "device_stage_cpu_ms_per_image is its cost when that device is this CPU"
+        ),
+        (
+            "patchmix 2x224+8x96: global crop scale (0.35, 1), local (0.05, 0.35) bicubic; lightly's "
+            "local views use BYOLView1Transform(96, min_scale=0.05, blur 0.5) (scale up to 1)"
+        ),
         (
             "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'PIL' "
             "runs the reference views on the PIL image with PIL's "
@@ -291,7 +381,10 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
     ]
     tables = [
         ("32 px, in-memory uint8 (images/s)", markdown_table(small, columns(small))),
-        ("224 px, JPEG folder (images/s)", markdown_table(large, columns(large))),
+        ("224 px, JPEG folder: worker CPU per image and images/s",
+         markdown_table(large, columns(large))),
+        ("224 px: worker CPU-ms ratios (lightly / ours; > 1 = ours cheaper)",
+         markdown_table(ratios_224(large), ["recipe", "lightly/split", "lightly/per-sample"])),
     ]
     ns4 = next(r for r in small if r["recipe"] == "byol_asymmetric ns=4")
     found = [
@@ -302,6 +395,23 @@ def run(quick: bool = False, workers: int = 2) -> tuple[str, list[dict]]:
             "note": "",
         }
     ]
+    by_recipe = {r["recipe"]: r for r in ratios_224(large)}
+    split4 = by_recipe["byol_asymmetric ns=4"]["lightly/split"]
+    per_sample2 = by_recipe["byol_asymmetric ns=1"]["lightly/per-sample"]
+    found += [
+        {
+            "target": "split >= 3x fewer worker CPU-ms per image than lightly at ns = 4, 224 px",
+            "measured": f"{split4:.2f}x",
+            "met": split4 >= 3,
+            "note": "the colour ops run batched on the training device instead",
+        },
+        {
+            "target": "per-sample path no slower than lightly at V = 2, 224 px (worker CPU-ms)",
+            "measured": f"{per_sample2:.2f}x",
+            "met": per_sample2 >= 1,
+            "note": "",
+        },
+    ]
     return report("Data path", tables, notes), found
 
 
@@ -309,8 +419,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer recipes, shorter cells")
     parser.add_argument("--workers", type=int, default=2, help="the N of '0 and N workers'")
+    parser.add_argument("--json", action="store_true",
+                        help="print the 224-px rows as JSON, one object per line")
     a = parser.parse_args()
-    print(run(a.quick, a.workers)[0])
+    section = run(a.quick, a.workers)[0]
+    if not a.json:
+        print(section)
+        return
+    data = json.loads((RESULTS_DIR / "data.json").read_text())
+    for row in data["rows_224px"]:
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.datasets import DatasetInfo, WithIndex, build_dataset, dataset_info
 from data.folder import find_grayscale
+from data.split_views import DevicePhotometric, GeometricViews, resolve_placement
 from data.stats import compute_stats, stats_flags
 from data.subsets import make_subset
 from data.transforms import BatchEval, BatchMultiView, MultiViewTransform, ViewSpec, eval_transform
@@ -114,6 +115,9 @@ def _loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         worker_init_fn=_ignore_sigterm if workers > 0 else None,
+        # its own generator: each iter() would otherwise draw the workers' base seed from the
+        # training RNG, at another point of the stream after a resume (SeededSamples seeds views)
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -204,13 +208,10 @@ def build_view_loader(
     make_views turns what the loader yields into the views list[[B, C, s, s]] on args.device.
     """
     info = resolve_info(args)
-    on_device = args.aug_device == "device" or (args.aug_device == "auto" and info.in_memory)
-    if on_device and not info.in_memory:
-        raise SystemExit(
-            f"error: --aug-device device needs an in-memory dataset; {args.dataset} is "
-            "decoded in loader workers: use --aug-device workers"
-        )
-    transform = None if on_device else MultiViewTransform(specs, info.mean, info.std)
+    placement = resolve_placement(args.aug_device, info.in_memory, args.device.type)
+    on_device, hue_impl = placement == "device", getattr(args, "hue_impl", "float")
+    transform = {"device": None, "split": GeometricViews(specs),
+                 "workers": MultiViewTransform(specs, info.mean, info.std, hue_impl)}[placement]
     dataset = _build(args, split, transform, args.train_subset)
     info = with_classes(info, dataset, args)
     if not on_device:  # views drawn in workers: seed each sample from (seed, epoch, index)
@@ -240,7 +241,9 @@ def build_view_loader(
         )
     make_views: Callable[[Any], list[Tensor]]
     if on_device:
-        make_views = BatchMultiView(specs, info.mean, info.std).to(args.device)
+        make_views = BatchMultiView(specs, info.mean, info.std, hue_impl).to(args.device)
+    elif placement == "split":  # the workers cropped: colour and normalisation on the device
+        make_views = DevicePhotometric(specs, info.mean, info.std, hue_impl).to(args.device)
     else:
         make_views = nn.Identity()  # the workers already made the views
     return loader, make_views, info

@@ -235,7 +235,51 @@ class _GaussianBlur(v2.GaussianBlur):
         return x if fp else x.round_().to(inpt.dtype)
 
 
-def _reference_view(spec: ViewSpec, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+class _ColorJitter(v2.ColorJitter):
+    """v2.ColorJitter (same draws and op order) on a uint8 tensor, in one of two numerics:
+    "float" = the four ops of the batched engine (`color_jitter`) in float32, rounded to uint8
+    once at the end (faster than torchvision's four uint8 kernels, and the same arithmetic as
+    BatchMultiView); "pil" = torchvision's uint8 kernels with PIL's 8-bit HSV hue, i.e.
+    torchvision's ColorJitter on a PIL image, as the official pipelines run it."""
+
+    def __init__(self, *jitter: float, hue_impl: str = "float"):
+        super().__init__(*jitter)
+        self.hue_impl = hue_impl
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if type(inpt) is not Tensor or inpt.dtype != torch.uint8 or inpt.ndim != 3:
+            return super().transform(inpt, params)
+        if self.hue_impl == "float":
+            return self._float(inpt, params)
+        hue = params["hue_factor"]
+        for fn_id in params["fn_idx"]:
+            if fn_id == 3 and hue is not None:  # PIL itself: faster than its emulation on one image
+                inpt = TF.pil_to_tensor(TF.adjust_hue(TF.to_pil_image(inpt), hue)).contiguous()
+            elif fn_id != 3:  # brightness, contrast, saturation: torchvision's uint8 kernels
+                inpt = super().transform(inpt, dict(params, fn_idx=[fn_id], hue_factor=None))
+        return inpt
+
+    @staticmethod
+    def _float(x: Tensor, params: dict[str, Any]) -> Tensor:
+        """The blends of `color_jitter` for one image whose ops are known: no per-sample masks."""
+        y = x.unsqueeze(0).float().div_(255)  # [1, 3, H, W]
+        for fn_id in params["fn_idx"].tolist():
+            f = params[("brightness_factor", "contrast_factor", "saturation_factor",
+                        "hue_factor")[fn_id]]
+            if f is None:
+                continue
+            if fn_id == 3:
+                y = _shift_hue(y, torch.tensor([f]))
+                continue
+            target = 0.0 if fn_id == 0 else _grayscale(y)  # brightness: blend with black
+            target = target.mean() if fn_id == 1 else target  # contrast: with the mean grey
+            y = y.mul_(f).add_((1 - f) * target).clamp_(0.0, 1.0)
+        return y[0].mul_(255).round_().to(torch.uint8)
+
+
+def _reference_view(
+    spec: ViewSpec, mean: Sequence[float], std: Sequence[float], hue_impl: str = "float"
+) -> v2.Compose:
     if not spec.crop:
         ops: list[Any] = [_EvalResize(spec.size, None, True, spec.interpolation)]
     else:
@@ -252,7 +296,8 @@ def _reference_view(spec: ViewSpec, mean: Sequence[float], std: Sequence[float])
             ra = v2.RandAugment(spec.randaugment_ops, spec.randaugment_magnitude)
             ops.append(v2.RandomApply([ra], p=spec.randaugment_p))
         if spec.jitter_p > 0 and any(spec.jitter):
-            ops.append(v2.RandomApply([v2.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+            jitter = _ColorJitter(*spec.jitter, hue_impl=hue_impl)
+            ops.append(v2.RandomApply([jitter], p=spec.jitter_p))
         if spec.gray_p > 0:
             ops.append(v2.RandomGrayscale(p=spec.gray_p))
         if spec.blur_p > 0:
@@ -276,9 +321,15 @@ class MultiViewTransform:
     measured no faster on ImageNet-sized JPEGs.
     """
 
-    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        specs: Sequence[ViewSpec],
+        mean: Sequence[float],
+        std: Sequence[float],
+        hue_impl: str = "float",
+    ):
         self.specs = tuple(specs)
-        self.transforms = [_reference_view(s, mean, std) for s in self.specs]
+        self.transforms = [_reference_view(s, mean, std, hue_impl) for s in self.specs]
 
     def __call__(self, img: Image.Image | Tensor) -> list[Tensor]:
         x = to_uint8_tensor(img)
@@ -497,25 +548,77 @@ def _grayscale(x: Tensor) -> Tensor:
 
 
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the HSV hue of x [n, 3, H, W] by shift [n] (fraction of a turn), as adjust_hue."""
+    """Rotate the HSV hue of x [n, 3, H, W] by shift [n] (fraction of a turn), as adjust_hue.
+
+    Value (max) and chroma (max - min) are unchanged by a hue rotation, so every output channel is
+    max - chroma * ramp(k) (the HSV -> RGB formula with s * v = chroma): no saturation division.
+    """
     vmax, argmax = x.max(dim=1)
-    chroma = vmax - x.min(dim=1).values
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    chroma = vmax - x.amin(dim=1)
     r, g, b = x.unbind(dim=1)
-    # hue sector by the max channel, red first, then green, then blue (PIL's tie-breaking)
-    hue = torch.where(
-        argmax == 0,
-        ((g - b) / safe) % 6,
-        torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4),
-    )
-    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
-    hue = (hue + shift.view(-1, 1, 1)) % 1.0
-    sat = chroma / torch.where(vmax > 0, vmax, torch.ones_like(vmax))
-    # HSV -> RGB: channel = v - v * s * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1
-    n = torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # 5, 3, 1; no H2D copy
-    k = (n + 6 * hue.unsqueeze(1)) % 6
-    ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
-    return vmax.unsqueeze(1) * (1 - sat.unsqueeze(1) * ramp)
+    # hue in sixths of a turn, sector by the max channel: red first, then green, then blue (PIL's
+    # tie-breaking); a grey pixel (chroma 0) gets any hue, its output is max whatever the ramp
+    num = torch.where(argmax == 0, g - b, torch.where(argmax == 1, b - r, r - g))
+    hue6 = num.div_(chroma.clamp(min=1e-12)).add_(2 * argmax.to(x.dtype))
+    hue6 = hue6.add_(6 * shift.view(-1, 1, 1).to(x.dtype)).unsqueeze(1)  # [n, 1, H, W]
+    # channel = max - chroma * clamp(min(k, 4 - k), 0, 1), k = (m + hue6) mod 6, m = 5, 3, 1
+    m = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (hue6 + m).remainder_(6)
+    ramp = torch.minimum(k, 4 - k).clamp_(0.0, 1.0)
+    return vmax.unsqueeze(1) - chroma.unsqueeze(1) * ramp
+
+
+def _shift_hue_pil(x: Tensor, shift: Tensor) -> Tensor:
+    """PIL's 8-bit hue rotation (torchvision's ColorJitter on PIL images, the official pipelines):
+    x [n, 3, H, W] in [0, 1] is rounded to uint8, converted with PIL's RGB -> HSV (8-bit hue,
+    saturation, value), the hue byte is shifted by int(shift * 255) modulo 256 and converted back
+    with PIL's HSV -> RGB; the result is on the uint8 grid."""
+    q = x.mul(255).round_().clamp_(0, 255).to(torch.int32)
+    vmax, argmax = q.max(dim=1)
+    vmin = q.amin(dim=1)
+    cr = (vmax - vmin).float()
+    safe = cr.clamp(min=1.0)
+    r, g, b = q.float().unbind(dim=1)
+    vm = vmax.float()
+    rc, gc, bc = (vm - r) / safe, (vm - g) / safe, (vm - b) / safe  # float32, as PIL
+    rc, gc, bc = rc.double(), gc.double(), bc.double()  # 2.0 + rc - bc: double in C
+    h = torch.where(argmax == 0, (bc - gc).float().double(),
+                    torch.where(argmax == 1, 2.0 + rc - bc, 4.0 + gc - rc).float().double())
+    h = torch.fmod(h / 6.0 + 1.0, 1.0).float()
+    grey = cr == 0
+    uh = torch.where(grey, 0, (h.double() * 255.0).to(torch.int32).clamp(0, 255))
+    s = (cr / vm.clamp(min=1.0)).double()
+    us = torch.where(grey, 0, (s * 255.0).to(torch.int32).clamp(0, 255))
+    # torchvision: np_h += np.int32(hue_factor * 255).astype(np.uint8), wrapping
+    uh = (uh + torch.trunc(shift.double() * 255).to(torch.int32).view(-1, 1, 1)).remainder(256)
+    return _hsv_to_rgb_pil(uh, us, vmax).to(x.dtype).div_(255)
+
+
+def _round_half_up(t: Tensor) -> Tensor:
+    return torch.floor(t + 0.5).clamp(0, 255)
+
+
+def _hsv_to_rgb_pil(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """PIL's hsv2rgb on int tensors [n, H, W] -> int [n, 3, H, W]."""
+    h6 = h.double() * 6.0 / 255.0
+    i = torch.floor(h6)
+    f = (h6 - i).float().double()
+    fs = (s.double() / 255.0).float().double()
+    vd = v.double()
+    p = _round_half_up(vd * (1.0 - fs))  # C's round(), in double
+    qq = _round_half_up(vd * (1.0 - (fs * f).float().double()))  # fs * f: a float product
+    t = _round_half_up(vd * (1.0 - fs * (1.0 - f)))
+    i = i.long() % 6
+    # sector i -> (r, g, b) picks among v, t, p, q
+    table = torch.stack([vd, t, p, qq])  # 0 v, 1 t, 2 p, 3 q
+    pick = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]],
+                        device=h.device)
+    idx = pick[i].permute(3, 0, 1, 2)  # [3, n, H, W]
+    out = table.gather(0, idx).permute(1, 0, 2, 3)
+    return torch.where((s == 0).unsqueeze(1), vd.unsqueeze(1).expand_as(out), out)
+
+
+HUE_IMPLS = {"float": _shift_hue, "pil": _shift_hue_pil}
 
 
 def _sync_free(x: Tensor) -> bool:
@@ -524,12 +627,19 @@ def _sync_free(x: Tensor) -> bool:
 
 
 def color_jitter(
-    x: Tensor, apply: Tensor, factors: Tensor, order: Tensor, with_hue: bool = True
+    x: Tensor,
+    apply: Tensor,
+    factors: Tensor,
+    order: Tensor,
+    with_hue: bool = True,
+    hue_impl: str = "float",
 ) -> Tensor:
     """ColorJitter per sample: the 4 ops (brightness, contrast, saturation, hue) in each sample's
     own random order, only where `apply`. Brightness, contrast and saturation are one blend each,
     `clamp(f * x + (1 - f) * target)`, with target 0, the mean gray level, or the gray image.
-    `with_hue=False` skips the (costly) hue op, for a zero hue range."""
+    `with_hue=False` skips the (costly) hue op, for a zero hue range. `hue_impl`: "float" (HSV
+    in float32, torchvision's tensor adjust_hue) or "pil" (PIL's 8-bit HSV, see `_shift_hue_pil`)."""
+    shift_hue = HUE_IMPLS[hue_impl]
 
     def per_sample(t: Tensor) -> Tensor:
         return t.view(-1, 1, 1, 1)
@@ -548,10 +658,10 @@ def color_jitter(
         ratio = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
         x = (ratio * x + (1 - ratio) * target).clamp_(0.0, 1.0)
         if with_hue and _sync_free(x):  # every sample, kept only where selected: no host sync
-            x = torch.where(per_sample(op == 3), _shift_hue(x, f), x)
+            x = torch.where(per_sample(op == 3), shift_hue(x, f), x)
         elif with_hue:  # on the CPU only the selected samples (2-3x faster, same output)
             idx = (op == 3).nonzero().squeeze(1)
-            x = x.index_copy(0, idx, _shift_hue(x[idx], f[idx]))
+            x = x.index_copy(0, idx, shift_hue(x[idx], f[idx]))
     return x
 
 
@@ -682,7 +792,9 @@ def gaussian_blur(x: Tensor, apply: Tensor, sigma: Tensor, kernel_size: int) -> 
     return y.view(n, C, H, W)
 
 
-def apply_params(x: Tensor, spec: ViewSpec, params: ViewParams) -> Tensor:
+def apply_params(
+    x: Tensor, spec: ViewSpec, params: ViewParams, hue_impl: str = "float"
+) -> Tensor:
     """Augment a float batch x [B, 3, H, W] in [0, 1] with sampled params -> [n, 3, S, S] in [0, 1]
     (n = k * B, see `crop_resize`), in MoCo v3's op order (RandAugment after the crop, before the
     colour jitter, as DSF's CIFAR recipe). No normalisation."""
@@ -702,8 +814,16 @@ def apply_params(x: Tensor, spec: ViewSpec, params: ViewParams) -> Tensor:
         y = torch.where(params.flip.view(-1, 1, 1, 1), y.flip(-1), y)
     else:
         y = crop_resize(x, params, spec.size, spec.interpolation)
+    return photometric(y, spec, params, hue_impl)
+
+
+def photometric(y: Tensor, spec: ViewSpec, params: ViewParams, hue_impl: str = "float") -> Tensor:
+    """The colour ops of `apply_params` on cropped views y [n, 3, S, S] in [0, 1]: jitter, gray,
+    blur, solarize (also the device stage of --aug-device split, data/split_views.py)."""
     if spec.jitter_p > 0 and any(spec.jitter):
-        y = color_jitter(y, params.jitter, params.factors, params.order, spec.jitter[3] > 0)
+        y = color_jitter(
+            y, params.jitter, params.factors, params.order, spec.jitter[3] > 0, hue_impl
+        )
     if spec.gray_p > 0:
         y = torch.where(params.gray.view(-1, 1, 1, 1), _grayscale(y).expand_as(y), y)
     if spec.blur_p > 0:
@@ -730,9 +850,15 @@ class BatchMultiView(nn.Module):
 
     sample_params = staticmethod(sample_params)
 
-    def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        specs: Sequence[ViewSpec],
+        mean: Sequence[float],
+        std: Sequence[float],
+        hue_impl: str = "float",
+    ):
         super().__init__()
-        self.specs = tuple(specs)
+        self.specs, self.hue_impl = tuple(specs), hue_impl
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         groups: dict[ViewSpec, list[int]] = {}
@@ -757,7 +883,7 @@ class BatchMultiView(nn.Module):
                 y = y.unsqueeze(0).expand(len(idx), -1, -1, -1, -1).reshape(-1, *y.shape[1:])
             else:
                 params = sample_params(spec, len(idx) * B, H, W, generator, x.device)
-                y = apply_params(x, spec, params)  # [len(idx) * B, 3, S, S]
+                y = apply_params(x, spec, params, self.hue_impl)  # [len(idx) * B, 3, S, S]
             y = (y - self.mean) / self.std
             for k, v in enumerate(idx):
                 views[v] = y[k * B : (k + 1) * B]
