@@ -101,9 +101,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16 works on both")
     g.add_argument("--compile", default=False, type=bool_flag, help="torch.compile the model")
-    g.add_argument("--aug-device", default="auto", choices=["auto", "device", "workers"],
-                   help="where views are made: batched on the training device (in-memory datasets), "
-                        "or per sample in loader workers (the reference path)")
+    g.add_argument("--aug-device", default="auto", choices=["auto", "device", "split", "workers"],
+                   help="where views are made (default auto: device for in-memory data, split for "
+                        "folders on CUDA, workers on CPU); split = workers crop, device colours")
+    g.add_argument("--hue-impl", default="float", choices=["float", "pil"],
+                   help="ColorJitter hue: float HSV (default, fast) or PIL's 8-bit HSV (what the "
+                        "official PIL pipelines do)")
     add_checkpoint_and_monitor_args(parser)
     return parser
 
