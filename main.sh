@@ -45,10 +45,15 @@ print(f"checkpoint, logs and curves: {out}")
 PYEOF
 }
 
-test() {
+test() {  # bash main.sh test [fast] [PYTEST ARGS]: fast = without the slow end-to-end runs
     setup_venv requirements-dev.txt
     fetch_fashion_mnist
-    "$PY" -m pytest -q -p no:cacheprovider tests "$@"
+    local select=()
+    if [ "${1:-}" = fast ]; then
+        shift
+        select=(-m "not slow")  # the slow marker: pytest.ini, tests/conftest.py
+    fi
+    "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" tests "$@"
 }
 
 results() {  # every run under $OUT beside the papers' numbers (Markdown + JSON), and training curves

@@ -8,6 +8,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# whole modules that train, evaluate or launch real runs: `bash main.sh test fast` (pytest -m
+# "not slow") leaves them out; a slow test in another module carries @pytest.mark.slow itself
+SLOW_MODULES = {"test_end_to_end", "test_recipes", "test_reliability", "test_launch"}
+
+
+def pytest_collection_modifyitems(config, items):
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
