@@ -193,7 +193,8 @@ def _announce_grayscale(dataset: Any, args: Any) -> None:
 def _build(args: Any, split: str, transform: Any, subset: int) -> Any:
     """The split, subsampled (seeded, class-balanced); its size goes to args.<split>_images."""
     dataset = build_dataset(args.dataset, _root(args), split, transform=transform,
-                            on_bad_image=args.on_bad_image)
+                            on_bad_image=args.on_bad_image,
+                            class_list=getattr(args, "class_list", None))
     _announce_grayscale(dataset, args)
     dataset = make_subset(dataset, subset, _subset_seed(args))
     setattr(args, f"{split}_images", len(dataset))

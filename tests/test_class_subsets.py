@@ -91,3 +91,22 @@ def test_class_list_is_for_folder_trees(imagenet):
         build_dataset("in100", str(imagenet), "train", class_list=LIST["in100_mvmr"])
     with pytest.raises(DatasetError, match="applies to folder datasets"):
         build_dataset("cifar10", str(imagenet), "train", class_list=LIST["in50"])
+
+
+def test_class_list_flag_reaches_the_loaders(imagenet, tmp_path):
+    import subprocess
+    import sys
+
+    generate_IN100.main(["--src", str(imagenet), "--dst", str(tmp_path), "--classes", "in50"])
+    base = [sys.executable, os.path.join(ROOT, "main_knn.py"), "--random-init", "-a", "resnet18",
+            "--width", "8", "--img-size", "16", "--dataset", "folder", "--data", str(tmp_path),
+            "--workers", "0", "--nb-knn", "5", "--results_dir", str(tmp_path / "r")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ok = subprocess.run(base + ["--class-list", LIST["in50"]], capture_output=True, text=True,
+                        env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    bad = subprocess.run(base + ["--class-list", LIST["in200"]], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert bad.returncode != 0
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("error: folder: expected 200 class folders") and "missing 150" in line

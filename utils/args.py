@@ -14,8 +14,8 @@ from utils.validate import Known, validate
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="fashion_mnist",
-                   help="fashion_mnist (bundled), cifar10, cifar100, cifar20, stl10, imagenet, in100, "
-                        "folder (default: fashion_mnist)")
+                   help="fashion_mnist (bundled), cifar10, cifar100, cifar20, stl10, imagenet, in50, "
+                        "in100, in200, folder (default: fashion_mnist)")
     g.add_argument("--data", "--data-path", dest="data", default="",
                    help="dataset root; empty = the default location for the dataset "
                         "(data/fashion-mnist for the bundled set)")
@@ -37,6 +37,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
                    help="an unreadable image in a folder dataset stops the run with its path "
                         "(fail), or is replaced by the next readable image with a warning (skip)")
+    g.add_argument("--class-list", default=None,
+                   help="with --dataset folder: a file of the class folder names the tree must hold "
+                        "exactly (e.g. IN100_mvmr.txt; in50/in100/in200 always check their list)")
     g = parser.add_argument_group("distributed (moco-v3 compatible)")
     g.add_argument("--world-size", default=1, type=int,
                    help="number of nodes before spawn; the total number of processes after (moco-v3)")
