@@ -364,8 +364,9 @@ def section(payload: dict) -> tuple[str, list[dict]]:
             "after each worker's first batch; img_per_s = images the loader delivers per second"
         ),
         (
-            "the machine is shared with other jobs: CPU-ms per image barely moves with the load, "
-            "img/s does (compare img/s only within one run); split's device stage (colour ops, "
+            "the machine is shared with other jobs: img/s follows their load; CPU-ms per image "
+            "moves much less but still moves (shared caches and cores), so compare placements "
+            "within one run, as the ratios do; split's device stage (colour ops, "
             "normalisation) runs on the training device and is not in worker_ms_per_image: "
             "device_stage_cpu_ms_per_image is its cost when that device is this CPU"
         ),
