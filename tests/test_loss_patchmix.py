@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.patchmix import PatchMix, patchmix_loss, soft_contrastive
+from losses.patchmix import PatchMix, patchmix_loss, patchmix_targets, soft_contrastive
 from models import build_backbone
 from models.patchmix import PatchMixMoCo
+from utils import dist
 
 DT = torch.float64
 
@@ -63,6 +65,81 @@ def _inputs(b=5, d=4, crops=2, grad=True):
         return torch.randn(*shape, dtype=DT).requires_grad_(grad)
     return dict(q1=leaf(b, d), k1=leaf(b, d), k2=leaf(b, d), mk1=leaf(b, d), mq2=leaf(b, d),
                 local_q=leaf(crops, b, d), local_mq=leaf(crops, b, d))
+
+
+# ---------------------------------------------------------------- soft targets
+def targets(b, m, eps=0.0, *, rank=0, world_size=1, accumulate=False):
+    """patchmix_targets of one rank of world_size, in float64, without a process group."""
+    with mock.patch.object(dist, "get_rank", return_value=rank), \
+            mock.patch.object(dist, "get_world_size", return_value=world_size):
+        return patchmix_targets(b, m, eps, torch.zeros((), dtype=DT), accumulate=accumulate)
+
+
+def naive_smoothed_targets(b, m, eps, rank, world):
+    """Targets from the notes (§9.1), with the scatter_ overwrite done as 'last write wins'."""
+    n = b * world
+    mix = [[eps / n] * n for _ in range(b)]
+    mixmix = [[eps / n] * n for _ in range(b)]
+    for g in range(b):
+        for j in range(m):
+            mix[g][(g + j) % b + b * rank] = (1 - eps) / m + eps / n
+        for i in range(2 * m - 1):
+            weight = 1 - abs(m - i - 1) / m
+            mixmix[g][(g - m + 1 + i) % b + b * rank] = (1 - eps) * weight / m + eps / n
+    return torch.tensor(mix, dtype=DT), torch.tensor(mixmix, dtype=DT)
+
+
+@pytest.mark.parametrize("b,m,eps,rank,world", [(5, 2, 0.0, 0, 1), (6, 3, 0.1, 1, 2),
+                                                (4, 2, 0.2, 2, 3), (2, 2, 0.0, 0, 1),
+                                                (1, 2, 0.1, 1, 2)])
+def test_targets_match_naive(b, m, eps, rank, world):
+    got = targets(b, m, eps, rank=rank, world_size=world)
+    want = naive_smoothed_targets(b, m, eps, rank, world)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-15, atol=0)
+
+
+def test_targets_exact_values_m2():
+    mix, mixmix = targets(5, 2)
+    for g in range(5):
+        assert mix[g].sum() == 1.0 and mixmix[g].sum() == 1.0
+        assert mix[g, [g, (g + 1) % 5]].tolist() == [0.5, 0.5]
+        assert mixmix[g, [(g - 1) % 5, g, (g + 1) % 5]].tolist() == [0.25, 0.5, 0.25]
+        assert (mixmix[g] > 0).sum() == 3
+
+
+def test_mixmix_is_the_overlap_of_shares():
+    # mixed q_g and mixed k_c share source s with weight (1/m)(1/m): Y_mixmix = Y_mix Y_mix^T
+    for b, m in [(5, 2), (7, 3), (2, 2), (3, 3)]:
+        mix, mixmix = targets(b, m, accumulate=True)
+        torch.testing.assert_close(mixmix, mix @ mix.T, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(mixmix.sum(1), torch.ones(b, dtype=DT))
+
+
+def test_tiny_batch_overwrite_oddity():
+    # B = 2 < 2m - 1: the official scatter_ keeps one 0.25 for the twice-listed neighbour
+    _, official = targets(2, 2)
+    _, fixed = targets(2, 2, accumulate=True)
+    assert official.sum(1).tolist() == [0.75, 0.75]
+    assert fixed.tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
+def test_targets_rows_sum_to_one_with_smoothing(rank, world):
+    mix, mixmix = targets(4, 2, 0.1, rank=rank, world_size=world)
+    for t in (mix, mixmix):
+        torch.testing.assert_close(t.sum(1), torch.ones(4, dtype=DT))
+        other = torch.ones(4 * world, dtype=torch.bool)
+        other[4 * rank:4 * rank + 4] = False
+        assert torch.all(t[:, other] == 0.1 / (4 * world))  # other ranks' columns: eps/N only
+
+
+def test_m1_targets_are_the_smoothed_identity():
+    y, _ = targets(3, 1, 0.1, rank=1, world_size=2)
+    want = torch.full((3, 6), 0.1 / 6, dtype=DT)
+    want[[0, 1, 2], [3, 4, 5]] = 0.9 + 0.1 / 6
+    torch.testing.assert_close(y, want, rtol=1e-15, atol=0)
+    assert torch.equal(targets(4, 1, 0.0)[0], torch.eye(4, dtype=DT))
 
 
 # ---------------------------------------------------------------- soft_contrastive

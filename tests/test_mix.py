@@ -1,12 +1,11 @@
-"""data/mix.py: PatchMix image mixing and soft targets, against hand-made cases and naive loops."""
+"""data/mix.py: PatchMix image mixing, against hand-made cases and a naive loop of the official recipe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from data.mix import mix_targets, patch_mix, smoothed_identity, source_offsets
-from losses.patchmix import patchmix_targets
+from data.mix import patch_mix, source_offsets
 
 
 def _coded_images(b: int, h: int, w: int) -> torch.Tensor:
@@ -92,79 +91,3 @@ def test_patch_mix_m1_is_identity_and_bad_inputs_raise():
         patch_mix(x, 3, 2)
     with pytest.raises(ValueError):
         patch_mix(x, 2, 2, torch.arange(3))
-
-
-def _naive_targets(b, m, eps, rank, world):
-    """Targets from the notes (§9.1), with the scatter_ overwrite done as 'last write wins'."""
-    n = b * world
-    mix = [[eps / n] * n for _ in range(b)]
-    mixmix = [[eps / n] * n for _ in range(b)]
-    for g in range(b):
-        for j in range(m):
-            mix[g][(g + j) % b + b * rank] = (1 - eps) / m + eps / n
-        for i in range(2 * m - 1):
-            weight = 1 - abs(m - i - 1) / m
-            mixmix[g][(g - m + 1 + i) % b + b * rank] = (1 - eps) * weight / m + eps / n
-    return torch.tensor(mix, dtype=torch.float64), torch.tensor(mixmix, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("b,m,eps,rank,world", [(5, 2, 0.0, 0, 1), (6, 3, 0.1, 1, 2),
-                                                (4, 2, 0.2, 2, 3), (2, 2, 0.0, 0, 1),
-                                                (1, 2, 0.1, 1, 2)])
-def test_targets_match_naive(b, m, eps, rank, world):
-    got = mix_targets(b, m, eps, rank=rank, world_size=world, dtype=torch.float64)
-    want = _naive_targets(b, m, eps, rank, world)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-15, atol=0)
-
-
-def test_targets_exact_values_m2():
-    mix, mixmix = mix_targets(5, 2, dtype=torch.float64)
-    for g in range(5):
-        assert mix[g].sum() == 1.0 and mixmix[g].sum() == 1.0
-        assert mix[g, [g, (g + 1) % 5]].tolist() == [0.5, 0.5]
-        assert mixmix[g, [(g - 1) % 5, g, (g + 1) % 5]].tolist() == [0.25, 0.5, 0.25]
-        assert (mixmix[g] > 0).sum() == 3
-
-
-def test_mixmix_is_the_overlap_of_shares():
-    # mixed q_g and mixed k_c share source s with weight (1/m)(1/m): Y_mixmix = Y_mix Y_mix^T
-    for b, m in [(5, 2), (7, 3), (2, 2), (3, 3)]:
-        mix, mixmix = mix_targets(b, m, accumulate=True, dtype=torch.float64)
-        torch.testing.assert_close(mixmix, mix @ mix.T, rtol=1e-14, atol=1e-15)
-        torch.testing.assert_close(mixmix.sum(1), torch.ones(b, dtype=torch.float64))
-
-
-def test_tiny_batch_overwrite_oddity():
-    # B = 2 < 2m - 1: the official scatter_ keeps one 0.25 for the twice-listed neighbour
-    _, official = mix_targets(2, 2, dtype=torch.float64)
-    _, fixed = mix_targets(2, 2, accumulate=True, dtype=torch.float64)
-    assert official.sum(1).tolist() == [0.75, 0.75]
-    assert fixed.tolist() == [[0.5, 0.5], [0.5, 0.5]]
-
-
-@pytest.mark.parametrize("rank,world", [(0, 1), (1, 2)])
-def test_targets_rows_sum_to_one_with_smoothing(rank, world):
-    mix, mixmix = mix_targets(4, 2, 0.1, rank=rank, world_size=world, dtype=torch.float64)
-    for t in (mix, mixmix):
-        torch.testing.assert_close(t.sum(1), torch.ones(4, dtype=torch.float64))
-        other = torch.ones(4 * world, dtype=torch.bool)
-        other[4 * rank:4 * rank + 4] = False
-        assert torch.all(t[:, other] == 0.1 / (4 * world))  # other ranks' columns: eps/N only
-
-
-def test_smoothed_identity():
-    y = smoothed_identity(3, 0.1, rank=1, world_size=2, dtype=torch.float64)
-    want = torch.full((3, 6), 0.1 / 6, dtype=torch.float64)
-    want[[0, 1, 2], [3, 4, 5]] = 0.9 + 0.1 / 6
-    torch.testing.assert_close(y, want, rtol=1e-15, atol=0)
-    assert torch.equal(smoothed_identity(4, 0.0), torch.eye(4))
-
-
-@pytest.mark.parametrize("b,m,eps,acc", [(5, 2, 0.0, False), (4, 3, 0.1, False), (2, 2, 0.0, True)])
-def test_loss_targets_equal_data_targets(b, m, eps, acc):
-    like = torch.zeros(1, dtype=torch.float64)
-    want = mix_targets(b, m, eps, accumulate=acc, dtype=torch.float64)
-    got = patchmix_targets(b, m, eps, like, accumulate=acc)
-    for g, w in zip(got, want, strict=True):
-        assert torch.equal(g, w)
