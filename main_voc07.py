@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 
 from data.loaders import SeededSamples
-from main_knn import build_encoder
+from models.encoder import add_encoder_args, build_encoder
 from utils import dist
 from utils.args import add_common_args, parse_with_config
 from utils.knn import extract_features
@@ -44,16 +44,7 @@ VOC_MEAN, VOC_STD = (0.45704722, 0.43824774, 0.4061733), (0.23908591, 0.23509644
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("VOC07 linear multi-label classification", add_help=False)
     add_common_args(parser)
-    g = parser.add_argument_group("encoder")
-    g.add_argument("--pretrained", default="", help="checkpoint of main_pretrain.py (or moco-v3)")
-    g.add_argument("--random-init", action="store_true", help="random encoder (the baseline)")
-    g.add_argument("-a", "--arch", default="resnet50", help="backbone when not in the checkpoint")
-    g.add_argument("--method", default=None, help="with --random-init: that method's backbone")
-    g.add_argument("--width", default=64, type=int)
-    g.add_argument("--img-size", default=None, type=int,
-                   help="backbone build size (default: the checkpoint's, else 224)")
-    g.add_argument("--patch-size", default=None, type=int)
-    g.add_argument("--encoder", default="online", choices=["online", "momentum"])
+    add_encoder_args(parser)  # --pretrained/--random-init/-a/--encoder ..., as main_knn.py
     g = parser.add_argument_group("VOC07 (defaults: MV-MR configs/imagenet_voc.yaml)")
     g.add_argument("--train-split", default="train",
                    help="ImageSets/Main split to train on (MV-MR: train; SVM protocol: trainval)")
@@ -63,7 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="linear-layer batch (MV-MR: 32)")
     g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (MV-MR: 1e-4)")
     g.add_argument("--wd", default=1e-6, type=float, help="Adam weight decay (MV-MR: 1e-6)")
-    g.add_argument("--crop", default=300, type=int, help="input size in pixels (MV-MR: 300)")
+    g.add_argument("--crop", default=300, type=int,
+                   help="input size in pixels (MV-MR: 300; val: Resize(crop * --val-resize-ratio, "
+                        "default 1.1) + CenterCrop)")
     g.add_argument("--augment", default=True, type=bool_flag,
                    help="re-extract augmented train features each epoch (MV-MR; false: once, "
                         "un-augmented, far faster)")
@@ -139,13 +132,16 @@ class VOC07(Dataset):
         return self.transform(image), row, row
 
 
-def voc_transforms(crop: int) -> tuple[T.Compose, T.Compose]:
-    """MV-MR's (train, val) transforms: square resize + light jitter / resize + centre crop."""
+def voc_transforms(crop: int, val_ratio: float = 1.1, interpolation: str = "bilinear"
+                   ) -> tuple[T.Compose, T.Compose]:
+    """MV-MR's (train, val) transforms: square resize + light jitter / resize + centre crop
+    (Resize(330) + CenterCrop(300): ratio 1.1)."""
+    mode = T.InterpolationMode(interpolation)
     tail = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(VOC_MEAN, VOC_STD)]
     light = T.RandomChoice([T.ColorJitter(brightness=(0.8, 1.2)), T.RandomGrayscale(0.25)])
-    train = T.Compose([T.Resize((crop, crop)), light,
+    train = T.Compose([T.Resize((crop, crop), mode), light,
                        T.RandomHorizontalFlip(0.25), T.RandomRotation(25)] + tail)
-    val = T.Compose([T.Resize(round(crop * 1.1)), T.CenterCrop(crop)] + tail)
+    val = T.Compose([T.Resize(round(crop * val_ratio), mode), T.CenterCrop(crop)] + tail)
     return train, val
 
 
@@ -235,13 +231,12 @@ def main_worker(gpu, args):
     t0 = time.time()
     # ============ data ============
     voc = voc2007_dir(args.data)
-    train_tf, val_tf = voc_transforms(args.crop)
+    train_tf, val_tf = voc_transforms(args.crop, args.val_resize_ratio or 1.1, args.interpolation)
     train_set = VOC07(voc, args.train_split, train_tf if args.augment else val_tf)
     val_set = VOC07(voc, args.val_split, val_tf)
     train_loader, train_sampler = feature_loader(train_set, args)
     val_loader, val_sampler = feature_loader(val_set, args)
     # ============ model ============
-    args.similarity, args.features = "cosine", "backbone"  # what build_encoder reads
     args.img_size = args.img_size or (None if args.pretrained else 224)
     args.dataset = "imagenet"  # only its 224-px default size is read
     encode, run = build_encoder(args)
