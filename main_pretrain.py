@@ -9,7 +9,7 @@ Read top to bottom: arguments, launch, main_worker (data -> model -> loss -> opt
 """
 
 import argparse
-import math
+import contextlib
 import sys
 import time
 
@@ -21,24 +21,16 @@ from data.views import original_view
 from models.methods import ALIASES, METHODS, add_method_args, build_model
 from utils import dist
 from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config
-from utils.checkpoint import (
-    check_compatible,
-    checkpoint_path,
-    find_resume,
-    prune_checkpoints,
-    restore_training_state,
-    save_atomic,
-    training_state,
-)
+from utils.checkpoint import resume_run, save_checkpoint
 from utils.knn import encoder_in_eval, extract_features, knn_classify
 from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
-from utils.misc import bool_flag, probability, seed_everything
+from utils.misc import bool_flag, probability, seed_everything, to_device
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
 from utils.schedules import training_schedules
-from utils.training import NonFiniteError, amp_context, build_scaler, check_finite
+from utils.training import TrainStep, amp_context, build_scaler, micro_batches, split_batch
 
 # a checkpoint saved with other values of these cannot continue this run
 RUN_KEYS = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim", "batch_size"]
@@ -97,10 +89,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", default=0.0, type=float, help="max grad norm (0 = off)")
     g.add_argument("--momentum-per-epoch", default=False, type=bool_flag,
                    help="reproduce PatchMix's once-per-epoch momentum update (methods.md §9.6-1)")
+    g.add_argument("--accum-steps", default=1, type=int,
+                   help="micro-batches per optimizer step; -b stays the global batch of one step "
+                        "(default: 1; raise when -b does not fit in memory)")
+    g.add_argument("--accum-schedule", default="optimizer", choices=["optimizer", "micro"],
+                   help="lr schedule sized in optimizer steps, or in micro-batches but stepped per "
+                        "optimizer step (MV-MR's Lightning run: N times slower)")
     g = parser.add_argument_group("speed")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16 works on both")
-    g.add_argument("--compile", default=False, type=bool_flag, help="torch.compile the model")
+                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16 and fp16 "
+                        "(slow) also run on CPU")
+    g.add_argument("--amp-init-scale", default=2.0**16, type=float,
+                   help="first fp16 loss scale of the GradScaler (default: 65536)")
+    g.add_argument("--max-overflows", default=20, type=int,
+                   help="stop after N fp16 overflows (skipped steps) in a row (default: 20; 0 = never)")
+    g.add_argument("--compile", default=False, type=bool_flag,
+                   help="torch.compile the model (under DDP: no SyncBatchNorm)")
     g.add_argument("--aug-device", default="auto", choices=["auto", "device", "split", "workers"],
                    help="where views are made (default auto: device for in-memory data, split for "
                         "folders on CUDA, workers on CPU); split = workers crop, device colours")
@@ -124,12 +128,10 @@ def main(args: argparse.Namespace) -> None:
 
 
 def main_worker(gpu, args):
+    preemption = Preemption()  # first: a signal during set-up must reach the requeue path too
     dist.init(gpu, args)
     device = args.device
-    if args.batch_size % args.world_size:
-        raise SystemExit(f"error: -b {args.batch_size} is not divisible by the {args.world_size} "
-                         "processes; pick a multiple of the world size")
-    args.batch_size_per_gpu = args.batch_size // args.world_size
+    split_batch(args)  # args.batch_size_per_gpu: the micro-batch of one process
     args.lr_effective = args.lr * args.batch_size / 256
     if args.seed is not None:
         seed_everything(args.seed + args.rank)
@@ -140,14 +142,18 @@ def main_worker(gpu, args):
     args.img_size = args.img_size or dataset_info(args.dataset).img_size
     probe_view = [original_view(args.img_size)] if args.online_probe else []  # the last view
     loader, augment, info = build_view_loader(args, method.views(args) + probe_view)
-    iters = len(loader) if not args.steps_per_epoch else min(len(loader), args.steps_per_epoch)
+    iters = len(loader) // args.accum_steps  # optimizer steps per epoch
+    iters = min(iters, args.steps_per_epoch) if args.steps_per_epoch else iters
 
     # ============ model ============
     model = build_model(args)[0].to(device)
     if args.channels_last and not args.arch.startswith("vit"):
         model = model.to(memory_format=torch.channels_last)
     if args.world_size > 1 and args.gpu is not None and getattr(model, "sync_bn", True):
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # moco-v3; CUDA only
+        if args.compile:  # SyncBatchNorm graph-breaks under torch.compile (pytorch#161302)
+            print("note: --compile true keeps per-process BatchNorm (no SyncBatchNorm)")
+        else:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # moco-v3; CUDA only
     model_without_ddp = model
     ddp = dist.ddp_wrapper(args)
     model = ddp(model) if ddp else model
@@ -169,38 +175,32 @@ def main_worker(gpu, args):
     # ============ resume ============
     parts = {"model": model_without_ddp, "criterion": criterion, "optimizer": optimizer,
              "scaler": scaler, "probe": probe}
-    start = {"epoch": 0, "step": 0, "nonfinite_skipped": 0}
-    found = find_resume(args.resume, args.results_dir)
-    if found:
-        path, ckpt = found
-        check_compatible(ckpt, args, path, RUN_KEYS)
-        start = restore_training_state(ckpt, parts, args.rank)
-        print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
-        if start["epoch"] >= args.epochs:  # keep the finished run's results.json as it is
-            print(f"nothing to do: {path} is the end of this {args.epochs}-epoch run")
-            dist.cleanup()
-            return
+    start = resume_run(args, parts, RUN_KEYS)
+    if start["epoch"] >= args.epochs:  # keep the finished run's results.json as it is
+        print(f"nothing to do: {start['path']} is the end of this {args.epochs}-epoch run")
+        dist.cleanup()
+        return
+    step = TrainStep(forward, model_without_ddp, criterion, optimizer, scaler, args, probe,
+                     model.no_sync if ddp else None, preemption, start["overflow_skipped"],
+                     prepare=lambda x, y: (prepare_views(augment, x, args), to_device(y, device)))
+    step.nonfinite_skipped = start["nonfinite_skipped"]
 
-    def save(epoch: int, step: int) -> None:
-        state = training_state(parts, epoch, step, args, start["nonfinite_skipped"])
-        if dist.is_main_process():
-            save_atomic(state, checkpoint_path(args.results_dir, epoch, step))
-            prune_checkpoints(args.results_dir, args.keep_checkpoints)
+    def save(epoch: int, at: int) -> None:
+        save_checkpoint(parts, epoch, at, args, nonfinite_skipped=step.nonfinite_skipped,
+                        overflow_skipped=step.overflows.total)
 
     # ============ train ============
-    start["preemption"] = Preemption(device)
     logger = RunLogger(args.results_dir, dist.is_main_process())
-    history, t0, images_seen = [], time.time(), 0
+    history, t0, images_seen, eval_loaders = [], time.time(), 0, {}
     for epoch in range(start["epoch"], args.epochs):
-        loader.sampler.set_epoch(epoch, start["step"] * args.batch_size_per_gpu)
-        stats = train_one_epoch(forward, model_without_ddp, criterion, probe, loader, augment,
-                                optimizer, scaler, schedules, epoch, iters, start, save, args)
+        loader.sampler.set_epoch(epoch, start["step"] * args.batch_size_per_gpu * args.accum_steps)
+        stats = train_one_epoch(step, loader, schedules, epoch, iters, start["step"], save, args)
         images_seen += stats.pop("images")
         start["step"] = 0
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
         knn_due = args.knn_freq and ((epoch + 1) % args.knn_freq == 0 or epoch + 1 == args.epochs)
         if knn_due or probe is not None:
-            record.update(monitor(model_without_ddp, probe, knn_due, args))
+            record.update(monitor(model_without_ddp, probe, knn_due, eval_loaders, args))
             history.append(record)
         print(f"epoch {epoch + 1}/{args.epochs}  {format_metrics(record)}")
         if record.get("train_active_frac", 1.0) < 0.1:  # BeCLR's known failure mode
@@ -215,88 +215,73 @@ def main_worker(gpu, args):
             "knn_top1_monitor": next((r["test_knn_top1"] for r in history[::-1]
                                       if "test_knn_top1" in r), None),
             "online_probe_top1": history[-1].get("test_probe_top1") if history else None,
-            "images_per_s": images_seen * args.world_size / max(wall, 1e-9)}, wall)
+            "images_per_s": images_seen * args.world_size / max(wall, 1e-9),
+            "nonfinite_skipped": step.nonfinite_skipped,
+            "overflow_skipped": step.overflows.total}, wall)
     dist.cleanup()
 
 
-def train_one_epoch(forward, model, criterion, probe, loader, augment, optimizer, scaler,
-                    schedules, epoch, iters, start, save, args):
-    forward.train()
-    criterion.train()
+def prepare_views(augment, x, args) -> list:
+    """The views of a loader batch on the device (augmented there for in-memory datasets)."""
+    views = augment(to_device(x, args.device))
+    if args.channels_last and not args.arch.startswith("vit"):
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    return views
+
+
+def train_one_epoch(step, loader, schedules, epoch, iters, first, save, args):
+    step.forward.train()
+    step.criterion.train()
     meter, images = MetricAverager(), 0
-    device = args.device
-    buffers = [*model.buffers(), *criterion.buffers()]  # BN statistics, queues, banks
-    for i, (x, y) in enumerate(loader, start=start["step"]):
-        if i >= iters:
-            break
-        it = epoch * iters + i  # global iteration: every schedule is indexed by it
-        set_lr_wd(optimizer, schedules["lr"][it], schedules["wd"][it])
-        if hasattr(model, "update_momentum"):
-            model.update_momentum(float(schedules["m"][it]))  # before the forward, as moco-v3
-        views = augment(x.to(device, non_blocking=True) if torch.is_tensor(x)
-                        else [v.to(device, non_blocking=True) for v in x])
-        if args.channels_last and not args.arch.startswith("vit"):
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        # a skipped step must not keep what its non-finite forward wrote into the buffers
-        kept = [b.clone() for b in buffers] if args.on_nonfinite == "skip" else []
-        y = y.to(device, non_blocking=True)
-        with amp_context(args):
-            probe_metrics = probe.step(model.backbone, views.pop(), y) if probe else {}
-            out = forward(views)
-            out.extras["labels"] = y
-            loss, metrics = criterion(out)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        max_norm = args.clip_grad if args.clip_grad > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-        try:
-            check_finite(loss, grad_norm, metrics, epoch, i, args.on_nonfinite)
-        except NonFiniteError as skip:
-            for b, old in zip(buffers, kept, strict=True):
-                b.copy_(old)
-            start["nonfinite_skipped"] += 1
-            print(f"warning: {skip}; step skipped ({start['nonfinite_skipped']} so far)")
-            continue
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        images += y.shape[0]
-        meter.update({"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics,
-                      **probe_metrics})
-        if start["preemption"].requested():  # every rank stops after the same step
-            save(epoch, i + 1)
-            print(f"preempted at epoch {epoch} step {i + 1}: checkpoint saved; exiting with status "
-                  f"{PREEMPTED_EXIT_CODE} so that the scheduler requeues the job", force=True)
-            raise SystemExit(PREEMPTED_EXIT_CODE)
-        if args.save_freq_steps and (i + 1) % args.save_freq_steps == 0 and i + 1 < iters:
-            save(epoch, i + 1)
-        if i % args.print_freq == 0:
-            print(f"epoch {epoch} [{i}/{iters}] lr {schedules['lr'][it]:.3g} "
-                  f"{format_metrics(meter.averages())}")
+    # closing(): on a SystemExit (preemption, non-finite stop) the loader workers shut down first;
+    # at interpreter exit they would be SIGTERMed, which they ignore, and joined forever
+    with contextlib.closing(micro_batches(loader, args.accum_steps)) as groups:
+        for i, batches in zip(range(first, iters), groups):
+            it = epoch * iters + i  # global optimizer step: every schedule is indexed by it
+            set_lr_wd(step.optimizer, schedules["lr"][it], schedules["wd"][it])
+            if hasattr(step.model, "update_momentum"):  # before the forward, as moco-v3
+                step.model.update_momentum(float(schedules["m"][it]))
+            result = step(batches, epoch, i)
+            if not result["skipped"]:
+                images += result["images"]
+                meter.update(result["metrics"])
+            if result["preempt"]:  # every rank read the same flag: all stop after this step
+                preempted(save, epoch, i + 1)
+            if args.save_freq_steps and (i + 1) % args.save_freq_steps == 0 and i + 1 < iters:
+                save(epoch, i + 1)
+            if i % args.print_freq == 0:
+                print(f"epoch {epoch} [{i}/{iters}] lr {schedules['lr'][it]:.3g}{step.status()} "
+                      f"{format_metrics(meter.averages())}")
     return {**meter.averages(), "lr": float(schedules["lr"][epoch * iters + iters - 1]),
             "images": images}
 
 
-def monitor(model, probe, knn_due, args) -> dict:
+def preempted(save, epoch: int, at: int) -> None:
+    save(epoch, at)
+    print(f"preempted at epoch {epoch} step {at}: checkpoint saved; exiting with status "
+          f"{PREEMPTED_EXIT_CODE} so that the scheduler requeues the job", force=True)
+    dist.barrier()  # no rank exits (and gets its peers killed) before the save is on disk
+    raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+def monitor(model, probe, knn_due, cache, args) -> dict:
     """Val top-1 of the online probe, and (when due) the weighted kNN top-1 of the online backbone
-    (k = --knn-k, T = --knn-t)."""
-    train_loader, val_loader, prepare, info = build_eval_loaders(args, args.img_size)
+    (k = --knn-k, T = --knn-t). The eval loaders are built once (cache) and reused."""
+    if not cache:
+        cache.update(zip(("train", "val", "prepare", "info"),
+                         build_eval_loaders(args, args.img_size)))
     encode = encoder_in_eval(model.backbone)
-    with amp_context(args):
-        val = extract_features(encode, val_loader, len(val_loader.dataset), args.device, prepare)
-        record = {"test_probe_top1": probe.top1(*val)} if probe else {}
-        if knn_due:
-            train = extract_features(encode, train_loader, len(train_loader.dataset), args.device,
-                                     prepare)
-            accuracy = knn_classify(*train, *val, ks=[args.knn_k], temperature=args.knn_t,
-                                    num_classes=info.num_classes)
-            record["test_knn_top1"] = accuracy[min(args.knn_k, len(train[0]))]
+    with amp_context(args):  # features under autocast; the similarities below in fp32
+        val = extract_features(encode, cache["val"], len(cache["val"].dataset), args.device,
+                               cache["prepare"])
+        train = extract_features(encode, cache["train"], len(cache["train"].dataset), args.device,
+                                 cache["prepare"]) if knn_due else None
+    record = {"test_probe_top1": probe.top1(*val)} if probe else {}
+    if knn_due:
+        accuracy = knn_classify(train[0].float(), train[1], val[0].float(), val[1],
+                                ks=[args.knn_k], temperature=args.knn_t,
+                                num_classes=cache["info"].num_classes)
+        record["test_knn_top1"] = accuracy[min(args.knn_k, len(train[0]))]
     return record
 
 

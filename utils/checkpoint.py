@@ -174,25 +174,77 @@ def check_compatible(ckpt: dict, args: object, path: str, keys: list[str]) -> No
                          "resume with the same flags or start a new --results_dir")
 
 
+def per_rank_buffers(part: object) -> dict[str, torch.Tensor]:
+    """Buffers that differ between ranks: those of every submodule marked ``per_rank_state``
+    (e.g. SNCLR's banks, filled from each rank's own batches), by state_dict key."""
+    if not isinstance(part, nn.Module):
+        return {}
+    out = {}
+    for prefix, module in part.named_modules():
+        if getattr(module, "per_rank_state", False):
+            for name, buf in module.named_buffers(prefix=prefix):
+                out[name] = buf.detach().cpu()
+    return out
+
+
 def training_state(parts: dict, epoch: int, step: int, args: object,
-                   nonfinite_skipped: int) -> dict:
+                   nonfinite_skipped: int, **counters: int) -> dict:
     """Everything the next step depends on, as plain data. Collective: every rank must call it
-    (each rank's RNG state is gathered, since each rank draws its own augmentations)."""
+    (each rank's RNG state and per-rank buffers are gathered: each rank restores its own).
+    `counters` (e.g. overflow_skipped) are stored as they are."""
     rngs = dist.all_gather_object(rng_state())
     state = {"epoch": epoch, "step": step, "args": plain_args(vars(args)), "rng": rngs,
-             "nonfinite_skipped": nonfinite_skipped}
+             "nonfinite_skipped": nonfinite_skipped, **counters}
     state["method"] = state["args"].get("method")
+    per_rank = {}
     for name, part in parts.items():
         state[name] = part.state_dict() if part is not None else None
+        local = per_rank_buffers(part)
+        if local:
+            per_rank[name] = dist.all_gather_object(local)  # [rank 0's, rank 1's, ...]
+    if per_rank:
+        state["per_rank"] = per_rank
     return state
 
 
-def restore_training_state(ckpt: dict, parts: dict, rank: int) -> dict:
-    """Load every part saved by training_state and this rank's RNG; return the position."""
+def restore_training_state(ckpt: dict, parts: dict, rank: int,
+                           world_size: int | None = None) -> dict:
+    """Load every part saved by training_state, this rank's RNG and (same world size) this rank's
+    per-rank buffers; return the position and the saved counters."""
+    world_size = dist.get_world_size() if world_size is None else world_size
     for name, part in parts.items():
         if part is not None and ckpt.get(name) is not None:
             part.load_state_dict(ckpt[name])
+        saved = ckpt.get("per_rank", {}).get(name)
+        if part is not None and saved and len(saved) == world_size:
+            part.load_state_dict({**part.state_dict(), **saved[rank]})
+        elif saved:  # another world size: every rank keeps rank 0's (refilled within a bank's size)
+            warnings.warn(f"checkpoint has per-rank {name} state of {len(saved)} ranks, this run "
+                          f"has {world_size}: every rank starts from rank 0's", stacklevel=2)
     rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
     set_rng_state(rngs[rank % len(rngs)])  # each rank its own stream
-    return {"epoch": ckpt["epoch"], "step": ckpt["step"],
-            "nonfinite_skipped": ckpt.get("nonfinite_skipped", 0)}
+    skip = {"rng", "args", "method", "per_rank", *parts}
+    counters = {k: v for k, v in ckpt.items() if k not in skip and isinstance(v, int)}
+    return {"nonfinite_skipped": 0, "overflow_skipped": 0, **counters}
+
+
+def resume_run(args: object, parts: dict, run_keys: list[str]) -> dict:
+    """--resume for a training script: restore `parts` from the checkpoint it names (after checking
+    `run_keys` match) and return the position {epoch, step, counters..., path}; zeros for a new run."""
+    start = {"epoch": 0, "step": 0, "nonfinite_skipped": 0, "overflow_skipped": 0, "path": None}
+    found = find_resume(args.resume, args.results_dir)
+    if found:
+        path, ckpt = found
+        check_compatible(ckpt, args, path, run_keys)
+        start = {**restore_training_state(ckpt, parts, args.rank), "path": path}
+        print(f"resumed from {path} at epoch {start['epoch']} step {start['step']}")
+    return start
+
+
+def save_checkpoint(parts: dict, epoch: int, step: int, args: object, **counters: int) -> None:
+    """training_state (collective: every rank calls it), written by rank 0 only, atomically; then
+    only the newest --keep-checkpoints are kept."""
+    state = training_state(parts, epoch, step, args, **counters)
+    if dist.is_main_process():
+        save_atomic(state, checkpoint_path(args.results_dir, epoch, step))
+        prune_checkpoints(args.results_dir, args.keep_checkpoints)

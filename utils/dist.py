@@ -89,6 +89,12 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
 def setup_for_distributed(is_main: bool) -> None:
     """Silence print() on ranks other than 0 unless called with force=True (DINO's trick)."""
     builtin_print = builtins.print
@@ -155,6 +161,7 @@ def init(local_rank: int | None, args: Any) -> None:
     if args.gpu is not None:
         torch.cuda.set_device(args.gpu)
         args.device = torch.device("cuda", args.gpu)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes (drop_last): autotune once
     else:
         args.device = torch.device("cpu")
     if init_method is not None:

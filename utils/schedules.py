@@ -40,12 +40,20 @@ def momentum_schedule(m0: float, epochs: int, iters_per_epoch: int, cosine: bool
 
 
 def training_schedules(args, iters_per_epoch: int) -> dict[str, np.ndarray]:
-    """main_pretrain.py's per-iteration lr (warmup + cosine to --min-lr), weight decay (cosine to
-    --weight-decay-end, constant by default) and EMA momentum (--moco-m, --moco-m-cos)."""
+    """main_pretrain.py's per-optimizer-step lr (warmup + cosine to --min-lr), weight decay (cosine
+    to --weight-decay-end, constant by default) and EMA momentum (--moco-m, --moco-m-cos).
+
+    iters_per_epoch counts optimizer steps. With --accum-schedule micro the lr schedule is sized in
+    micro-batches (N per step) but still indexed by the optimizer step, as PyTorch Lightning sizes
+    MV-MR's warmup/cosine in dataloader batches and steps it per optimizer step: with N-fold
+    accumulation it advances N times slower and ends 1/N of the way through.
+    """
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    accum = getattr(args, "accum_steps", 1)
+    lr_iters = iters_per_epoch * accum if getattr(args, "accum_schedule", "") == "micro" else None
     return {
-        "lr": cosine_schedule(args.lr_effective, args.min_lr, args.epochs, iters_per_epoch,
-                              args.warmup_epochs),
+        "lr": cosine_schedule(args.lr_effective, args.min_lr, args.epochs,
+                              lr_iters or iters_per_epoch, args.warmup_epochs),
         "wd": cosine_schedule(args.weight_decay, wd_end, args.epochs, iters_per_epoch),
         "m": momentum_schedule(args.moco_m, args.epochs, iters_per_epoch, args.moco_m_cos,
                                args.momentum_per_epoch),
