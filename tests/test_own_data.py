@@ -147,6 +147,7 @@ def test_method_pretrains_and_evaluates_on_an_image_folder(method, tree, stats_f
     assert saved["mean"] == [float(v) for v in stats_flags[1:4]]
     record = _results(out)
     assert record["dataset"] == "folder" and record["pretrain"]["epochs"] == 1
+    assert record["num_classes"] == len(CLASSES) and record["class_names"] == CLASSES
     if args.online_probe:  # MV-MR's recipe: the probe has the tree's 3 classes
         assert 0.0 <= record["pretrain"]["online_probe_top1"] <= 100.0
 

@@ -36,6 +36,9 @@ def write_results(results_dir: str, kind: str, args: Any, metrics: dict, wall_ti
         "views": a.get("num_views"), "wall_time_s": round(wall_time, 2),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics,
     }
+    if a.get("class_names"):  # the dataset's one class list (folder trees: train/'s folders)
+        record["num_classes"] = len(a["class_names"])
+        record["class_names"] = list(a["class_names"])
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, default=str)
