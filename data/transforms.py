@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from data.hue import HUE_IMPLS, shift_hue
 from data.views import ViewSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -269,7 +270,7 @@ class _ColorJitter(v2.ColorJitter):
             if f is None:
                 continue
             if fn_id == 3:
-                y = _shift_hue(y, torch.tensor([f]))
+                y = shift_hue(y, torch.tensor([f]))
                 continue
             target = 0.0 if fn_id == 0 else _grayscale(y)  # brightness: blend with black
             target = target.mean() if fn_id == 1 else target  # contrast: with the mean grey
@@ -316,9 +317,10 @@ class MultiViewTransform:
 
     Each view is augmented independently with torchvision.transforms.v2 on the uint8 image, exactly
     with the ViewSpec parameters. Use it as a Dataset transform (the default collate then gives
-    list[Tensor[B, 3, size, size]], side-major). Every op runs on the uint8 tensor: torchvision's
-    PIL kernels differ (8-bit HSV hue: up to 15 levels, rounding grayscale), and a PIL crop
-    measured no faster on ImageNet-sized JPEGs.
+    list[Tensor[B, 3, size, size]], side-major). Every op runs on the uint8 tensor (a PIL crop
+    is no faster on ImageNet-sized JPEGs); the colour jitter in float32, rounded once
+    (`hue_impl="float"`), or with torchvision's uint8 kernels and PIL's 8-bit HSV hue, as the
+    official PIL pipelines (`hue_impl="pil"`, see `_ColorJitter`).
     """
 
     def __init__(
@@ -547,80 +549,6 @@ def _grayscale(x: Tensor) -> Tensor:
     return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
-def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the HSV hue of x [n, 3, H, W] by shift [n] (fraction of a turn), as adjust_hue.
-
-    Value (max) and chroma (max - min) are unchanged by a hue rotation, so every output channel is
-    max - chroma * ramp(k) (the HSV -> RGB formula with s * v = chroma): no saturation division.
-    """
-    vmax, argmax = x.max(dim=1)
-    chroma = vmax - x.amin(dim=1)
-    r, g, b = x.unbind(dim=1)
-    # hue in sixths of a turn, sector by the max channel: red first, then green, then blue (PIL's
-    # tie-breaking); a grey pixel (chroma 0) gets any hue, its output is max whatever the ramp
-    num = torch.where(argmax == 0, g - b, torch.where(argmax == 1, b - r, r - g))
-    hue6 = num.div_(chroma.clamp(min=1e-12)).add_(2 * argmax.to(x.dtype))
-    hue6 = hue6.add_(6 * shift.view(-1, 1, 1).to(x.dtype)).unsqueeze(1)  # [n, 1, H, W]
-    # channel = max - chroma * clamp(min(k, 4 - k), 0, 1), k = (m + hue6) mod 6, m = 5, 3, 1
-    m = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (hue6 + m).remainder_(6)
-    ramp = torch.minimum(k, 4 - k).clamp_(0.0, 1.0)
-    return vmax.unsqueeze(1) - chroma.unsqueeze(1) * ramp
-
-
-def _shift_hue_pil(x: Tensor, shift: Tensor) -> Tensor:
-    """PIL's 8-bit hue rotation (torchvision's ColorJitter on PIL images, the official pipelines):
-    x [n, 3, H, W] in [0, 1] is rounded to uint8, converted with PIL's RGB -> HSV (8-bit hue,
-    saturation, value), the hue byte is shifted by int(shift * 255) modulo 256 and converted back
-    with PIL's HSV -> RGB; the result is on the uint8 grid."""
-    q = x.mul(255).round_().clamp_(0, 255).to(torch.int32)
-    vmax, argmax = q.max(dim=1)
-    vmin = q.amin(dim=1)
-    cr = (vmax - vmin).float()
-    safe = cr.clamp(min=1.0)
-    r, g, b = q.float().unbind(dim=1)
-    vm = vmax.float()
-    rc, gc, bc = (vm - r) / safe, (vm - g) / safe, (vm - b) / safe  # float32, as PIL
-    rc, gc, bc = rc.double(), gc.double(), bc.double()  # 2.0 + rc - bc: double in C
-    h = torch.where(argmax == 0, (bc - gc).float().double(),
-                    torch.where(argmax == 1, 2.0 + rc - bc, 4.0 + gc - rc).float().double())
-    h = torch.fmod(h / 6.0 + 1.0, 1.0).float()
-    grey = cr == 0
-    uh = torch.where(grey, 0, (h.double() * 255.0).to(torch.int32).clamp(0, 255))
-    s = (cr / vm.clamp(min=1.0)).double()
-    us = torch.where(grey, 0, (s * 255.0).to(torch.int32).clamp(0, 255))
-    # torchvision: np_h += np.int32(hue_factor * 255).astype(np.uint8), wrapping
-    uh = (uh + torch.trunc(shift.double() * 255).to(torch.int32).view(-1, 1, 1)).remainder(256)
-    return _hsv_to_rgb_pil(uh, us, vmax).to(x.dtype).div_(255)
-
-
-def _round_half_up(t: Tensor) -> Tensor:
-    return torch.floor(t + 0.5).clamp(0, 255)
-
-
-def _hsv_to_rgb_pil(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
-    """PIL's hsv2rgb on int tensors [n, H, W] -> int [n, 3, H, W]."""
-    h6 = h.double() * 6.0 / 255.0
-    i = torch.floor(h6)
-    f = (h6 - i).float().double()
-    fs = (s.double() / 255.0).float().double()
-    vd = v.double()
-    p = _round_half_up(vd * (1.0 - fs))  # C's round(), in double
-    qq = _round_half_up(vd * (1.0 - (fs * f).float().double()))  # fs * f: a float product
-    t = _round_half_up(vd * (1.0 - fs * (1.0 - f)))
-    i = i.long() % 6
-    # sector i -> (r, g, b) picks among v, t, p, q
-    table = torch.stack([vd, t, p, qq])  # 0 v, 1 t, 2 p, 3 q
-    pick = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]],
-                        device=h.device)
-    idx = pick[i].permute(3, 0, 1, 2)  # [3, n, H, W]
-    out = table.gather(0, idx).permute(1, 0, 2, 3)
-    return torch.where((s == 0).unsqueeze(1), vd.unsqueeze(1).expand_as(out), out)
-
-
-HUE_IMPLS = {"float": _shift_hue, "pil": _shift_hue_pil}
-
-
 def _sync_free(x: Tensor) -> bool:
     """Avoid data-dependent shapes (nonzero: a device->host sync) on accelerators."""
     return x.device.type != "cpu"
@@ -638,8 +566,8 @@ def color_jitter(
     own random order, only where `apply`. Brightness, contrast and saturation are one blend each,
     `clamp(f * x + (1 - f) * target)`, with target 0, the mean gray level, or the gray image.
     `with_hue=False` skips the (costly) hue op, for a zero hue range. `hue_impl`: "float" (HSV
-    in float32, torchvision's tensor adjust_hue) or "pil" (PIL's 8-bit HSV, see `_shift_hue_pil`)."""
-    shift_hue = HUE_IMPLS[hue_impl]
+    in float32, torchvision's tensor adjust_hue) or "pil" (PIL's 8-bit HSV, data/hue.py)."""
+    hue_op = HUE_IMPLS[hue_impl]
 
     def per_sample(t: Tensor) -> Tensor:
         return t.view(-1, 1, 1, 1)
@@ -658,10 +586,10 @@ def color_jitter(
         ratio = per_sample(torch.where((op >= 0) & (op <= 2), f, torch.ones_like(f)))
         x = (ratio * x + (1 - ratio) * target).clamp_(0.0, 1.0)
         if with_hue and _sync_free(x):  # every sample, kept only where selected: no host sync
-            x = torch.where(per_sample(op == 3), shift_hue(x, f), x)
+            x = torch.where(per_sample(op == 3), hue_op(x, f), x)
         elif with_hue:  # on the CPU only the selected samples (2-3x faster, same output)
             idx = (op == 3).nonzero().squeeze(1)
-            x = x.index_copy(0, idx, shift_hue(x[idx], f[idx]))
+            x = x.index_copy(0, idx, hue_op(x[idx], f[idx]))
     return x
 
 

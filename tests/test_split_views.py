@@ -26,14 +26,9 @@ from torchvision.transforms import functional as TF1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from data.hue import shift_hue, shift_hue_pil
 from data.split_views import DevicePhotometric, GeometricViews, resolve_placement
-from data.transforms import (
-    MultiViewTransform,
-    ViewSpec,
-    _shift_hue,
-    _shift_hue_pil,
-    sample_params,
-)
+from data.transforms import MultiViewTransform, ViewSpec, sample_params
 from data.views import byol_asymmetric, multicrop
 from utils.checkpoint import load_checkpoint
 
@@ -215,7 +210,7 @@ def _random_pixels(n: int = 64, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("shift", [-0.5, -0.37, -0.1, 0.0, 0.004, 0.05, 0.0999, 0.3, 0.5])
 def test_pil_hue_is_pils_8bit_hsv_bit_for_bit(shift):
     x = _random_pixels()
-    ours = _shift_hue_pil(x.float() / 255, torch.tensor([shift]))[0] * 255
+    ours = shift_hue_pil(x.float() / 255, torch.tensor([shift]))[0] * 255
     ref = TF.pil_to_tensor(TF1.adjust_hue(TF.to_pil_image(x[0]), shift)).float()
     assert torch.equal(ours.round(), ref)
 
@@ -223,7 +218,7 @@ def test_pil_hue_is_pils_8bit_hsv_bit_for_bit(shift):
 @pytest.mark.parametrize("shift", [-0.4, -0.05, 0.1, 0.5])
 def test_float_hue_equals_torchvision(shift):
     x = _random_pixels().float() / 255
-    ours = _shift_hue(x, torch.tensor([shift]))
+    ours = shift_hue(x, torch.tensor([shift]))
     torch.testing.assert_close(ours, TF.adjust_hue(x, shift), atol=2e-6, rtol=0)
 
 
