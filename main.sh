@@ -219,6 +219,21 @@ beclr_in1k_r50() {  # main_imgnet.py: batch 800, Adam 1e-4, 200 epochs, T 0.1, K
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
+# Detection transfer (BeCLR README -> MoCo detection/): convert the ImageNet BeCLR backbone, then run
+# detectron2 (not on PyPI) with MoCo's train_net.py and configs (docs/protocols.md section 3).
+beclr_in1k_r50_detection() {  # needs $OUT/beclr_in1k from beclr_in1k_r50; DATA = DETECTRON2_DATASETS
+    python tools/convert_to_detectron2.py "$OUT/beclr_in1k/checkpoint_0200_000000.pth.tar" \
+        "$OUT/beclr_in1k/beclr_r50_detectron2.pkl"
+    # python -m pip install 'git+https://github.com/facebookresearch/detectron2.git'
+    # git clone https://github.com/facebookresearch/moco && cd moco/detection
+    # DETECTRON2_DATASETS="$DATA" python train_net.py --config-file configs/pascal_voc_R_50_C4_24k_moco.yaml \
+    #     --num-gpus 8 MODEL.WEIGHTS "$OUT/beclr_in1k/beclr_r50_detectron2.pkl" OUTPUT_DIR "$OUT/beclr_in1k/voc_det"
+}
+
+# ImageNet class subsets : MV-MR's lists
+#   python generate_IN100.py --src /data/imagenet --dst /data/in50 --classes in50     # then --dataset in50
+#   python generate_IN100.py --src /data/imagenet --dst /data/in200 --classes in200   # then --dataset in200
+
 # ---------------------------------------------------------------- MV-MR (vkinakh/mv-mr)
 # Linear: evaluate_self_supervised.py --retrain: Adam 1e-3 (config batch), per-epoch cosine, 100
 # epochs, the 'custom' augmentation, the head starting from the online probe, backbone in eval mode.
@@ -245,6 +260,36 @@ mvmr_in1k_r50() {  # 1000 ep, 256 x 8 accumulation on one GPU (configs/mvmr_in1k
     python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
         --head-init probe --dataset imagenet --data "$DATA" \
         --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+# MV-MR distillation of CLIP ViT-B-16 (laion400m_e32): docs/protocols.md section 2. The teacher's
+# weights are downloaded once on first use (or copied: HF_HOME=..., HF_HUB_OFFLINE=1).
+# Linear: as the MV-MR runs (README: "run the evaluation of the ResNet50 distilled from CLIP, simply
+# run self-supervised model evaluation"): evaluate_self_supervised.py --retrain.
+mvmr_clip_in1k_r50() {  # R50 student, 100 epochs, batch 256, Adam 1e-4 wd 1e-6, fp16; linear 75.3 (README)
+    python main_pretrain.py --config configs/mvmr_clip_in1k_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_clip_in1k"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
+        --head-init probe --dataset imagenet --data "$DATA" \
+        --pretrained "$OUT/mvmr_clip_in1k/checkpoint_0100_000000.pth.tar" --results_dir "$OUT/mvmr_clip_in1k" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+
+mvmr_clip_stl10_r50() {  # 1000 epochs, batch 256, 7x7 stem (small_kernel False); linear 95.6 (README)
+    python main_pretrain.py --config configs/mvmr_clip_stl10_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_clip_stl10"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
+        --head-init probe --dataset stl10 --data "$DATA" \
+        --pretrained "$OUT/mvmr_clip_stl10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_clip_stl10"
+}
+
+# VOC07 multi-label transfer of the ImageNet MV-MR run (configs/imagenet_voc.yaml settings:
+# train split, reported on val, Adam 1e-4 wd 1e-6, batch 32, 1000 epochs, 300 px); DATA holds
+# VOCdevkit/VOC2007. Compare AP_pooled with the README's 87.1 (docs/protocols.md section 1).
+mvmr_voc07_r50() {  # needs $OUT/mvmr_in1k from mvmr_in1k_r50; README mAP 87.1
+    python main_voc07.py --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" \
+        --data "$DATA" --results_dir "$OUT/mvmr_in1k" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 
@@ -398,6 +443,91 @@ patchmix_cifar100_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 79.7, kN
         --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitb" \
         --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar"
+}
+
+# ---------------------------------------------------------------- Fine-tuning and semi-supervised (main_finetune.py)
+# Each fine-tunes into its own directory under the pretraining run (a pretraining directory is
+# refused by main_finetune.py: the checkpoint names are the same). $DATA, $OUT as in main.sh.
+# The pretraining function each one follows is named in the comment.
+
+finetune_patchmix_cifar10_vitt() {  # after patchmix_cifar10_vitt; README fine-tune 97.5
+    python main_finetune.py --config configs/finetune/patchmix_cifar10_vitt.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c10_vitt/finetune"
+}
+finetune_patchmix_cifar10_vits() {  # after patchmix_cifar10_vits; README fine-tune 98.1
+    python main_finetune.py --config configs/finetune/patchmix_cifar10_vits.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c10_vits/finetune"
+}
+finetune_patchmix_cifar10_vitb() {  # after patchmix_cifar10_vitb; README fine-tune 98.3
+    python main_finetune.py --config configs/finetune/patchmix_cifar10_vitb.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c10_vitb/finetune"
+}
+finetune_patchmix_cifar100_vitt() {  # after patchmix_cifar100_vitt; README fine-tune 84.9
+    python main_finetune.py --config configs/finetune/patchmix_cifar100_vitt.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c100_vitt/finetune"
+}
+finetune_patchmix_cifar100_vits() {  # after patchmix_cifar100_vits; README fine-tune 86.0
+    python main_finetune.py --config configs/finetune/patchmix_cifar100_vits.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c100_vits/finetune"
+}
+finetune_patchmix_cifar100_vitb() {  # after patchmix_cifar100_vitb; README fine-tune 86.0
+    python main_finetune.py --config configs/finetune/patchmix_cifar100_vitb.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_c100_vitb/finetune"
+}
+finetune_patchmix_in1k_vits() {  # after patchmix_in1k_vits; 8 GPUs, batch 1024; README fine-tune 82.8
+    python main_finetune.py --config configs/finetune/patchmix_in1k_vits.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_vits/finetune" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+finetune_patchmix_in1k_vitb() {  # after patchmix_in1k_vitb; 8 GPUs, batch 1024; README fine-tune 84.1
+    python main_finetune.py --config configs/finetune/patchmix_in1k_vitb.yaml --data "$DATA" \
+        --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/patchmix_vitb/finetune" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+finetune_mocov3_in1k_vits() {  # after mocov3_in1k_vits; DeiT defaults, 300 ep, batch 1024; README 81.4
+    python main_finetune.py --config configs/finetune/mocov3_in1k_vits.yaml --data "$DATA" \
+        --pretrained "$OUT/mocov3_vits/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/mocov3_vits/finetune" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+finetune_mocov3_in1k_vitb() {  # after a ViT-B MoCo v3 pretraining (mocov3_in1k_vits with -a vit_base); 150 ep; README 83.2
+    python main_finetune.py --config configs/finetune/mocov3_in1k_vitb.yaml --data "$DATA" \
+        --pretrained "$OUT/mocov3_vitb/checkpoint_0300_000000.pth.tar" \
+        --results_dir "$OUT/mocov3_vitb/finetune" \
+        --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
+}
+finetune_mvmr_in1k_semi1() {  # after mvmr_in1k_r50; 1 % of the labels; README 56.1 / 79.4
+    python main_finetune.py --config configs/finetune/mvmr_in1k_semi1.yaml --data "$DATA" \
+        --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" \
+        --results_dir "$OUT/mvmr_in1k/semi1"
+}
+finetune_mvmr_in1k_semi10() {  # after mvmr_in1k_r50; 10 % of the labels; README 69.9 / 89.5
+    python main_finetune.py --config configs/finetune/mvmr_in1k_semi10.yaml --data "$DATA" \
+        --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" \
+        --results_dir "$OUT/mvmr_in1k/semi10"
+}
+finetune_mvmr_stl10_semi1() {  # after mvmr_stl10_r50; 1 % of the STL-10 train labels (no README number)
+    python main_finetune.py --config configs/finetune/mvmr_stl10_semi1.yaml --data "$DATA" \
+        --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" \
+        --results_dir "$OUT/mvmr_stl10/semi1"
+}
+finetune_mvmr_stl10_semi10() {  # after mvmr_stl10_r50; 10 % of the STL-10 train labels (no README number)
+    python main_finetune.py --config configs/finetune/mvmr_stl10_semi10.yaml --data "$DATA" \
+        --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" \
+        --results_dir "$OUT/mvmr_stl10/semi10"
+}
+finetune_beclr_cifar10_semi10() {  # after beclr_cifar10_r50; 5000 of 50000 labels (no README number)
+    python main_finetune.py --config configs/finetune/beclr_cifar10_semi10.yaml --data "$DATA" \
+        --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" \
+        --results_dir "$OUT/beclr_cifar10/semi10"
 }
 
 case "${1:-}" in
