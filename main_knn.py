@@ -12,8 +12,8 @@ import torch
 
 from data.datasets import dataset_info
 from data.loaders import build_eval_loaders
-from losses.bregman import bregman_similarity
 from models.encoder import add_encoder_args, build_encoder, inherit_normalisation
+from models.methods import KNN_SIMILARITIES
 from utils import dist
 from utils.args import add_common_args, parse_with_config
 from utils.knn import extract_features, knn_classify
@@ -34,8 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("kNN")
     g.add_argument("--nb-knn", "--k", dest="ks", default=[10, 20, 100, 200], nargs="+", type=int)
     g.add_argument("--temperature", default=0.07, type=float, help="vote temperature (DINO: 0.07)")
-    g.add_argument("--similarity", default="cosine", choices=["cosine", "bregman"],
-                   help="bregman: BeCLR's monitor on sub-network outputs (implies --features subnet)")
+    g.add_argument("--similarity", default="cosine", choices=["cosine", *sorted(KNN_SIMILARITIES)],
+                   help="cosine (default), or a method's own monitor, which sets its --features "
+                        "(bregman: BeCLR's, on the sub-network outputs)")
     g.add_argument("--sigma", default=1.0, type=float, help="Bregman kNN bandwidth (BeCLR: 1.0)")
     g.add_argument("--knn-bank-dtype", default="fp32", choices=sorted(BANK_DTYPES),
                    help="storage of the train-feature bank (default fp32; fp16 halves an "
@@ -54,6 +55,9 @@ def main_worker(gpu, args):
         raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
     seed_everything(args.seed if args.seed is not None else 0)  # the random-init baseline repeats
     t0 = time.time()
+    knn = KNN_SIMILARITIES.get(args.similarity)  # None: cosine
+    if knn is not None:
+        args.features = knn.features  # the monitor compares that output (also written to results)
     encode, run = build_encoder(args)
     inherit_normalisation(args, run)
     size = args.img_size or run.get("img_size") or dataset_info(args.dataset).img_size
@@ -63,11 +67,9 @@ def main_worker(gpu, args):
         train = extract_features(encode, train_loader, n_train, args.device, prepare,
                                  dtype=BANK_DTYPES[args.knn_bank_dtype], desc="train features")
         val = extract_features(encode, val_loader, n_val, args.device, prepare, desc="val features")
-    similarity = None
-    if args.similarity == "bregman":
-        similarity = lambda t, bank: bregman_similarity(t, bank, args.sigma)  # noqa: E731
     acc = knn_classify(*train, *val, ks=args.ks, temperature=args.temperature,
-                       num_classes=info.num_classes, similarity=similarity)
+                       num_classes=info.num_classes,
+                       similarity=knn.build(args) if knn is not None else None)
     for k, a in acc.items():
         print(f"{args.similarity} kNN (k={k}, T={args.temperature}) top-1: {a:.2f}")
     if dist.is_main_process():

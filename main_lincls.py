@@ -24,6 +24,7 @@ from torch import nn
 
 from data.loaders import build_eval_loaders, build_view_loader
 from data.transforms import ViewSpec
+from data.views import TRAIN_AUGS
 from models.encoder import add_encoder_args, build_encoder, inherit_normalisation
 from utils import dist
 from utils.args import add_common_args, parse_with_config
@@ -33,14 +34,6 @@ from utils.logger import RunLogger
 from utils.misc import bool_flag, seed_everything, to_device
 from utils.optim import build_optimizer, set_lr_wd
 from utils.results import write_results
-
-# the probe's training view of each --train-aug, after RandomResizedCrop(crop-min, 1) + flip
-TRAIN_AUGS = {
-    "crop": lambda size: dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0),  # moco-v3, PatchMix, solo
-    "dsf": lambda size: dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=0.0),
-    "mvmr": lambda size: dict(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=1.0,
-                              blur_sigma=(0.1, 2.0), blur_kernel=2 * int(0.05 * size) + 1),
-}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -230,6 +230,16 @@ METHOD_VIEWS: dict[str, Recipe] = {
     "mocov2_dsf": mocov2_views,
 }
 
+# main_lincls.py --train-aug -> the probe's training view, after RandomResizedCrop + flip:
+# ViewSpec fields for an input size. Kept with the pretraining recipes, so that the evaluation
+# script names no method.
+TRAIN_AUGS: dict[str, Callable[[int], dict]] = {
+    "crop": lambda size: dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0),  # moco-v3, PatchMix, solo
+    "dsf": lambda size: dict(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.2, blur_p=0.0),
+    "mvmr": lambda size: dict(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, gray_p=0.2, blur_p=1.0,
+                              blur_sigma=(0.1, 2.0), blur_kernel=2 * int(0.05 * size) + 1),
+}
+
 # ============ per-side overrides from the command line ============
 
 # flag -> (ViewSpec field, values per side)

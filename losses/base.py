@@ -33,25 +33,42 @@ class ViewOutputs:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+# The builder protocol: what the engine may touch on a model, besides ``forward(views) ->
+# ViewOutputs`` (which computes no loss):
+#   backbone: nn.Module               the encoder that evaluation keeps (kNN monitor, linear probe)
+#   update_momentum(m: float) -> None optional; called with no_grad right before each forward
+#                                     (EMA of a momentum encoder)
+#   sync_bn: bool                     optional attribute, default True; False keeps BatchNorm
+#                                     statistics per GPU (the reference trainer had no SyncBN)
+# A builder that needs anything else from the loop has the wrong contract: extend this one.
+
+
 class LossOutput(NamedTuple):
     loss: Tensor  # scalar, differentiable
     metrics: dict[str, Tensor]  # detached 0-d tensors: logged, never back-propagated
 
 
 class ContrastiveLoss(nn.Module):
-    """Base for every loss here: ``forward(out: ViewOutputs) -> LossOutput``.
+    """Base for every loss here: ``forward(out: ViewOutputs, labels=None) -> LossOutput``.
 
     A loss reads only the ViewOutputs fields its docstring names, and asserts they exist.
     Hyper-parameters come in as explicit keyword arguments, never ``args``. Shapes come from the
     tensors. State (queues, banks) lives here as registered buffers, updated only in training mode,
     and is checkpointed with ``criterion.state_dict()``.
+
+    ``labels`` (the batch's class labels [B], -1 = unknown, or None) may feed a logged metric such
+    as neighbour purity; the loss value never depends on them: pretraining is self-supervised.
     """
 
-    def set_epoch(self, epoch: int) -> None:  # for losses with per-epoch schedules
-        pass
-
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         raise NotImplementedError
+
+    def warnings(self, epoch_metrics: dict[str, float]) -> list[str]:
+        """One line per known failure mode visible in an epoch's mean metrics (none by default).
+
+        The training loop prints them, so it never needs to know which loss fails in which way.
+        """
+        return []
 
 
 def check_views(*tensors: Tensor | None) -> tuple[Tensor, ...]:
@@ -73,15 +90,9 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def detached_mean(x: Tensor) -> Tensor:
-    """A 0-d detached float metric (no .item(): that would sync the device)."""
-    return x.detach().float().mean()
-
-
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Top-1 agreement of argmax(logits) with labels, as a detached 0-d tensor."""
     return (logits.detach().argmax(-1) == labels).float().mean()
 
 
-__all__ = ["ViewOutputs", "LossOutput", "ContrastiveLoss", "check_views", "accuracy", "detached_mean",
-           "upcast"]
+__all__ = ["ViewOutputs", "LossOutput", "ContrastiveLoss", "check_views", "accuracy", "upcast"]

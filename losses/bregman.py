@@ -155,7 +155,7 @@ class BeCLR(ContrastiveLoss):
         super().__init__()
         self.temperature, self.sigma, self.mixed = temperature, sigma, mixed
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         if "subnet" not in out.extras:
             raise ValueError('BeCLR reads out.extras["subnet"]: use the BeCLRNet builder')
         subnet, feat = check_views(out.extras["subnet"], out.p)
@@ -169,6 +169,13 @@ class BeCLR(ContrastiveLoss):
         active, entropy = selection_stats(winners, k_subs)
         metrics.update(active_subs=active, active_frac=active / k_subs, select_entropy=entropy)
         return LossOutput(loss, metrics)
+
+    def warnings(self, epoch_metrics: dict[str, float]) -> list[str]:
+        active = epoch_metrics.get("active_frac", 1.0)
+        if active >= 0.1:
+            return []
+        return [f"only {100 * active:.1f}% of the sub-networks are selected: the Bregman generator "
+                "is collapsing (lower --lr or --k-subs)"]
 
 
 __all__ = ["bregman_distance", "bregman_similarity", "bregman_nt_xent", "cosine_nt_xent",

@@ -131,7 +131,7 @@ class MVMR(ContrastiveLoss):
         self.scale = scale
         self.representation_sign = representation_sign
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         (p,) = check_views(out.p)
         if p.shape[0] != 2:
             raise ValueError(f"MV-MR reads 2 views [original, augmented], got {p.shape[0]}")

@@ -190,7 +190,7 @@ class DSF(ContrastiveLoss):
         self.options = dict(r_bar_coeff=r_bar_coeff, kappa_normalization=kappa_normalization,
                             kld_t=kld_t, bessel_sign=bessel_sign)
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         p, k = check_views(out.p, out.k)
         if p.shape[0] != k.shape[0] or p.shape[0] % 2:
             raise ValueError(f"DSF needs p and k of 2 x ns views, got {p.shape[0]} and "
@@ -228,7 +228,7 @@ class DSFQueue(ContrastiveLoss):
         metrics = _metrics(t, params, accuracy(logits, labels))
         return F.cross_entropy(logits, labels), metrics, params["mu_k"]
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         p, k = check_views(out.p, out.k)
         if p.shape[0] != k.shape[0] or (self.symmetric and p.shape[0] % 2):
             raise ValueError(f"DSFQueue(symmetric={self.symmetric}) got {p.shape[0]} query and "

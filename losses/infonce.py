@@ -86,7 +86,7 @@ class InfoNCE(ContrastiveLoss):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         loss, acc = mocov3_loss(out.p, out.k, self.temperature)
         return LossOutput(loss, {"acc": acc})
 
@@ -98,6 +98,6 @@ class NTXent(ContrastiveLoss):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         loss, acc = nt_xent(out.p, self.temperature)
         return LossOutput(loss, {"acc": acc})

@@ -58,7 +58,7 @@ class MoCoV2(ContrastiveLoss):
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         return F.cross_entropy(logits, labels), accuracy(logits, labels)
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         p, k = check_views(out.p, out.k)
         views = 2 if self.symmetric else 1
         if p.shape[0] != views or k.shape[0] != views:

@@ -11,7 +11,7 @@ Rows are neighbours (constants), columns are the predictions of the other view, 
 reaches p. The queue is read before this step's enqueue of view 0.
 
 Reads: out.z [2, B, D] (projector output: queries and queue entries), out.p [2, B, D] (predictor
-output, grad), and out.extras["labels"] [B] (optional, -1 = unknown) for the neighbour-label metric.
+output, grad); the optional ``labels`` argument [B] (-1 = unknown) feeds the neighbour-label metric.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class NNCLR(ContrastiveLoss):
         self.queue_labels = FeatureQueue(queue_size, 1, init="zeros", gather=True)
         self.queue_labels.bank.fill_(-1)
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         z, p = check_views(out.z, out.p)
         z = F.normalize(upcast(z.detach()), dim=-1)  # the queue holds normalised z (solo-learn)
         # the lookup copies its rows, so the enqueue below cannot change this step's neighbours
@@ -90,7 +90,6 @@ class NNCLR(ContrastiveLoss):
         loss, acc = _nnclr_terms(nn.view_as(z), p, self.temperature)
         idx0 = idx[: z.shape[1]]  # solo-learn reports the neighbours of view 0
         metrics = {"acc": acc}
-        labels = out.extras.get("labels")
         if labels is not None:
             nn_labels = self.queue_labels.bank[idx0, 0].to(labels.dtype)
             metrics["nn_acc"] = ((nn_labels == labels) & (labels >= 0)).float().mean()

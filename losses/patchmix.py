@@ -10,7 +10,7 @@ q1 = online(x1), k1, k2 = momentum(x1), momentum(x2), mk1 = momentum(mix(x1)), m
 online(mix(x2)), l_c / ml_c = online(local crop c / its mix). I_eps = (1 - eps) I + eps/N carries
 the official code's hidden eps = 0.1 (methods.md §9.6-6; ``smoothing=0`` gives one-hot targets).
 Y_mix puts 1/m on each source image of a mixed image, Y_mixmix [0.25, 0.5, 0.25] on the
-overlapping neighbours (m = 2; see data/mix.py). Columns are global (row g of rank r is column
+overlapping neighbours (m = 2; see patchmix_targets). Columns are global (row g of rank r is column
 g + B r, N = B W). The original-to-original term runs one way only, q1 -> k2 (§9.6-2).
 
 Reads: out.p [1 + C, B, D] (q1, then the C local-crop queries; grad), out.k [2, B, D] (k1, k2),
@@ -39,10 +39,19 @@ def _soft_one_hot(cols: Tensor, on: Tensor, num_classes: int, off: float,
 
 def patchmix_targets(batch: int, m: int, smoothing: float, like: Tensor,
                      accumulate: bool = False) -> tuple[Tensor, Tensor]:
-    """(Y_mix, Y_mixmix), each [B, B W], in like's dtype and device.
+    """(Y_mix, Y_mixmix), each [B, B W], in like's dtype and device (visresearch/patchmix
+    ``module/mix.py``; the mixing itself is data/mix.py::patch_mix).
 
-    The same matrices as data.mix.mix_targets (losses/ may not import data/). m = 1 gives an
-    unmixed batch's targets: both are then the smoothed identity I_eps.
+    Columns are global: local image g is column g + B rank, N = B W; eps = smoothing:
+
+        Y_mix[g]    = (1 - eps)/m + eps/N         on columns {g, ..., g+m-1} mod B
+        Y_mixmix[g] = (1 - eps) w_i / m + eps/N   on columns (g - m + 1 + i) mod B, i = 0..2m-2,
+                      w_i = 1 - |m - i - 1| / m   ([0.25, 0.5, 0.25] for m = 2)
+        every other entry eps/N.
+
+    As the official ``scatter_``, a column listed twice (B < 2m - 1) keeps one value instead of
+    their sum (methods.md §9.6-4); ``accumulate=True`` adds them, so every row sums to 1 for any
+    B. m = 1 gives an unmixed batch's targets: both are then the smoothed identity I_eps.
     """
     rank, num_classes = dist.get_rank(), batch * dist.get_world_size()
     off, kw = smoothing / num_classes, {"device": like.device}
@@ -165,7 +174,7 @@ class PatchMix(ContrastiveLoss):
         self.temperature, self.smoothing, self.m = temperature, smoothing, m
         self.mix_smoothing, self.accumulate = mix_smoothing, accumulate
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         p, k = check_views(out.p, out.k)
         p_mix, k_mix = check_views(out.extras.get("p_mix"), out.extras.get("k_mix"))
         if k.shape[0] != 2 or k_mix.shape[0] != 1 or p_mix.shape[:2] != p.shape[:2]:

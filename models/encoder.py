@@ -58,13 +58,11 @@ def build_encoder(args: Any) -> tuple[nn.Module | Callable[[Tensor], Tensor], di
     """(encoder in eval mode, the encoder's run args) from --pretrained or --random-init.
 
     args.features (main_knn.py; absent: "backbone") "backbone" gives the backbone module itself;
-    "projector" / "subnet" (implied by --similarity bregman) a function of the whole pretrained
-    model (this suite's checkpoints only). The run args hold arch, width, img_size, patch_size,
-    method, and the pretraining's mean/std when it recorded them.
+    "projector" / "subnet" (also set by main_knn.py --similarity) a function of the whole
+    pretrained model (this suite's checkpoints only). The run args hold arch, width, img_size,
+    patch_size, method, and the pretraining's mean/std when it recorded them.
     """
     features = getattr(args, "features", "backbone")
-    if getattr(args, "similarity", "cosine") == "bregman":
-        features = "subnet"
     if features != "backbone":
         model, run = load_pretrained(args.pretrained)
         model = model.to(args.device)

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from data.datasets import dataset_info
 from data.representations import REPRESENTATIONS, batch_augment, compute_representations
 from data.views import Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
-from losses.bregman import BeCLR
+from losses.bregman import BeCLR, bregman_similarity
 from losses.dependence import MVMR as MVMRLoss
 from losses.dsf import DSF, DSFQueue
 from losses.infonce import InfoNCE, NTXent
@@ -42,10 +42,19 @@ from utils.optim import add_lars_args
 
 
 @dataclass(frozen=True)
+class KnnSimilarity:
+    """A method's own kNN monitor for main_knn.py: which model output it compares, and how."""
+    name: str  # main_knn.py --similarity NAME
+    features: str  # the main_knn.py --features it implies
+    build: Callable[[argparse.Namespace], Callable[[Tensor, Tensor], Tensor]]  # (test, bank) -> sim
+
+
+@dataclass(frozen=True)
 class Method:
     summary: str  # one line for --help and README
     builder: Callable[[argparse.Namespace, nn.Module, int], nn.Module]  # (args, backbone, feat_dim)
     loss: Callable[[argparse.Namespace], ContrastiveLoss]  # args -> criterion, explicit kwargs
+    knn: KnnSimilarity | None = None  # None: cosine kNN on the chosen features only
 
     @staticmethod
     def sides(args: argparse.Namespace) -> list[Side]:
@@ -166,7 +175,10 @@ METHODS: dict[str, Method] = {
                                             detach_weights=a.detach_weights)),
     "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
                     "NT-Xent", beclr_builder,
-                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss)),
+                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss),
+                    # the official Trainer.bregman_sim monitor on the sub-network outputs
+                    KnnSimilarity("bregman", "subnet",
+                                  lambda a: partial(bregman_similarity, sigma=a.sigma))),
     "mvmr": Method("MV-MR (Kinakh et al. 2023): MSE + variance hinge + distance correlation "
                    "between original and augmented views, + dCor with hand-crafted representations",
                    mvmr_builder, lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
@@ -199,6 +211,8 @@ METHODS: dict[str, Method] = {
                                            representation_sign=-1.0)),
 }
 
+# main_knn.py --similarity choices beyond cosine, each owned by one method
+KNN_SIMILARITIES = {m.knn.name: m.knn for m in METHODS.values() if m.knn is not None}
 ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
 
 

@@ -119,7 +119,7 @@ def test_neighbour_label_metric():
     loss.queue_labels.bank[:, 0] = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3], dtype=DT)
     z = queue[[0, 1, 2, 3]].unsqueeze(0).repeat(2, 1, 1)  # view 0's neighbours are rows 0..3
     labels = torch.tensor([0, 1, 5, -1])  # 2 matches; -1 never counts
-    out = loss(ViewOutputs(p=torch.randn(2, 4, 5, dtype=DT), z=z, extras={"labels": labels}))
+    out = loss(ViewOutputs(p=torch.randn(2, 4, 5, dtype=DT), z=z), labels=labels)
     torch.testing.assert_close(out.metrics["nn_acc"], torch.tensor(0.5))
     assert loss.queue_labels.bank[:4, 0].tolist() == [0, 1, 5, -1]  # labels ride with the queue
 

@@ -13,7 +13,8 @@ from models.methods import METHODS, build_model
 
 TINY = ["--arch", "resnet18", "--width", "8", "--img-size", "16", "--moco-dim", "16",
         "--moco-mlp-dim", "32", "--proj-hidden-dim", "32", "--proj-dim", "16",
-        "--pred-hidden-dim", "32", "--queue-size", "64", "--bank-size", "64", "--topk", "3"]
+        "--pred-hidden-dim", "32", "--queue-size", "64", "--bank-size", "64", "--topk", "3",
+        "--clip-pretrained", "none", "--clip-image-size", "32"]  # a random CLIP: no download
 
 
 def tiny_args(method: str, *extra: str) -> argparse.Namespace:
@@ -33,8 +34,7 @@ def run_step(method: str, batch: int = 8):
     if hasattr(model, "update_momentum"):
         model.update_momentum(0.9)
     out = model(views)
-    out.extras["labels"] = torch.arange(batch) % 3
-    loss, metrics = criterion(out)
+    loss, metrics = criterion(out, labels=torch.arange(batch) % 3)  # labels: metrics only
     return model, loss, metrics
 
 
@@ -119,3 +119,49 @@ def test_view_keys_in_a_config_file(tmp_path):
     views = METHODS["simclr"].views(args)
     assert [(s.blur_p, s.gray_p, s.scale) for s in views] == [(0.0, 0.1, (0.2, 1.0)),
                                                              (0.0, 0.3, (0.2, 1.0))]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_labels_feed_metrics_never_the_loss(method):
+    args = tiny_args(method)
+    model, _ = build_model(args)
+    criterion = METHODS[method].loss(args).eval()  # eval: no queue update between the two calls
+    views = BatchMultiView(METHODS[method].views(args), (0.5,) * 3, (0.25,) * 3)(
+        torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8))
+    with torch.no_grad():
+        out = model(views)
+        with_labels, _ = criterion(out, labels=torch.arange(8) % 3)
+        without, _ = criterion(out)
+    assert torch.equal(with_labels, without)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_loss_warnings_are_lines(method):
+    criterion = METHODS[method].loss(tiny_args(method))
+    assert criterion.warnings({"loss": 1.0}) == []  # healthy metrics: nothing to say
+    for line in criterion.warnings({"active_frac": 0.01}):
+        assert line and "\n" not in line
+
+
+def test_beclr_warns_of_collapse():
+    criterion = METHODS["beclr"].loss(tiny_args("beclr"))
+    assert criterion.warnings({"active_frac": 0.5}) == []
+    (line,) = criterion.warnings({"active_frac": 0.05})
+    assert "5.0%" in line and "--k-subs" in line
+
+
+def test_knn_similarities_come_from_their_method():
+    """main_knn.py --similarity offers cosine plus each method's own monitor, built from its args."""
+    import main_knn
+    from losses.bregman import bregman_similarity
+    from models.methods import KNN_SIMILARITIES
+
+    assert KNN_SIMILARITIES == {m.knn.name: m.knn for m in METHODS.values() if m.knn}
+    parser = argparse.ArgumentParser(parents=[main_knn.get_args_parser()])
+    choices = next(a.choices for a in parser._actions if a.dest == "similarity")
+    assert choices == ["cosine", *sorted(KNN_SIMILARITIES)]
+    bregman = KNN_SIMILARITIES["bregman"]
+    assert bregman.features == "subnet" and METHODS["beclr"].knn is bregman
+    test, bank = torch.randn(3, 5), torch.randn(7, 5)
+    similarity = bregman.build(argparse.Namespace(sigma=0.7))
+    torch.testing.assert_close(similarity(test, bank), bregman_similarity(test, bank, 0.7))
