@@ -2,8 +2,8 @@
 
 ``build_mlp`` is MoCo v3's ``_build_mlp`` (also copied verbatim by DSF, SNCLR and PatchMix);
 its ``nn.Sequential`` indices (``0.weight``, ``1.running_mean``, ...) match the official
-checkpoints' head keys.
-``projector_for`` gives MoCo v3's depths, which depend on the backbone family (methods.md §1.1).
+checkpoints' head keys. The depths, which depend on the backbone family (methods.md §1.1), are
+chosen by the registry's builders (models/methods.py::mocov3_builder).
 """
 
 from __future__ import annotations
@@ -32,17 +32,4 @@ def build_mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int, last_
     return nn.Sequential(*layers)
 
 
-def projector_for(backbone_name: str) -> dict[str, int | bool]:
-    """MoCo v3's head depths for a backbone, as keyword arguments of ``MoCoV3``.
-
-    ViT: projector 3 layers and predictor 2 layers, both ending in BN. ResNet: projector 2 layers
-    (last BN), predictor 2 layers without last BN. Usage: ``MoCoV3(bb, d, **projector_for(arch))``.
-    """
-    if backbone_name.startswith("vit"):
-        return {"proj_layers": 3, "pred_layers": 2, "proj_last_bn": True, "pred_last_bn": True}
-    if backbone_name.startswith("resnet"):
-        return {"proj_layers": 2, "pred_layers": 2, "proj_last_bn": True, "pred_last_bn": False}
-    raise ValueError(f"no MoCo v3 head depths for backbone {backbone_name!r} (resnet* or vit_*)")
-
-
-__all__ = ["build_mlp", "projector_for"]
+__all__ = ["build_mlp"]

@@ -72,7 +72,7 @@ class MoCoV3(nn.Module):
         backbone: maps [N, C, H, W] to features [N, feat_dim] (``models.build_backbone``).
         feat_dim: backbone feature width.
         dim, mlp_dim: head output / hidden widths (moco-v3 ``--moco-dim 256 --moco-mlp-dim 4096``).
-        proj_layers, pred_layers, proj_last_bn, pred_last_bn: head depths (``heads.projector_for``).
+        proj_layers, pred_layers, proj_last_bn, pred_last_bn: head depths (methods.mocov3_builder).
         group_size: views forwarded together, concatenated along the batch (1 = per view).
         momentum_encoder: False makes k the online projector output under no_grad (PatchMix ViT-T).
         key_views: only the first ``key_views`` views go through the target branch (None = all).
@@ -115,9 +115,8 @@ class MoCoV3(nn.Module):
         """theta_m <- m theta_m + (1 - m) theta_online, on parameters only (buffers such as BN
         running statistics are not averaged, as in moco-v3). A no-op without a momentum encoder.
 
-        The parameter lists are built on the first call (after SyncBN conversion and .to(device),
-        which keep the Parameter objects); call ``reset_momentum_cache()`` if parameters are
-        replaced afterwards (e.g. ``load_state_dict(assign=True)``).
+        The parameter lists are built on the first call, after SyncBN conversion and .to(device),
+        which keep the Parameter objects (``load_state_dict(assign=True)`` would replace them).
         """
         if self.momentum_backbone is None:
             return
@@ -129,20 +128,7 @@ class MoCoV3(nn.Module):
         torch._foreach_mul_(momentum_data, m)
         torch._foreach_add_(momentum_data, online_data, alpha=1.0 - m)
 
-    def reset_momentum_cache(self) -> None:
-        """Forget the cached parameter lists of ``update_momentum`` (they are rebuilt lazily)."""
-        self._ema = None
-
     # ---- forward passes (hooks) ----
-    def encode(self, x: Tensor) -> Tensor:
-        """Online backbone features h [N, feat_dim] (kNN monitor, linear probe)."""
-        return self.backbone(x)
-
-    def encode_momentum(self, x: Tensor) -> Tensor:
-        """Momentum backbone features (PatchMix evaluates those); the online ones without EMA."""
-        backbone = self.backbone if self.momentum_backbone is None else self.momentum_backbone
-        return backbone(x)
-
     def forward_online(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One online pass: x [N, C, H, W] -> (h [N, feat_dim], z [N, dim], p [N, dim])."""
         h = self.backbone(x)

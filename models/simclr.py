@@ -36,10 +36,6 @@ class SimCLR(nn.Module):
         self.projector = projector
         self.predictor = predictor
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Backbone features h [N, feat_dim] (kNN monitor, linear probe)."""
-        return self.backbone(x)
-
     def forward_online(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One pass: x [N, C, H, W] -> (h [N, feat_dim], z [N, D], p [N, D'])."""
         h = self.backbone(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from functools import partial
 
@@ -11,7 +12,8 @@ from torch import nn
 from torchvision.models import resnet50 as tv_resnet50
 
 from models import BACKBONES, build_backbone
-from models.heads import build_mlp, projector_for
+from models.heads import build_mlp
+from models.methods import mocov3_builder
 from models.moco import MoCoV3, view_groups
 from models.simclr import SimCLR
 from models.vits import DropPath, sincos_pos_embed_2d, vit_small
@@ -27,8 +29,10 @@ def tiny_backbone(name: str, **kw) -> tuple[nn.Module, int]:
 
 
 def tiny_moco(name: str = "resnet18", **kw) -> MoCoV3:
+    """The registry's MoCo v3 builder (head depths from the backbone family), at tiny widths."""
     backbone, feat_dim = tiny_backbone(name)
-    return MoCoV3(backbone, feat_dim, dim=8, mlp_dim=16, **{**projector_for(name), **kw})
+    args = argparse.Namespace(arch=name, moco_dim=8, moco_mlp_dim=16)
+    return mocov3_builder(args, backbone, feat_dim, **kw)
 
 
 def images(n: int, size: int = IMG) -> list[torch.Tensor]:
@@ -244,13 +248,19 @@ def test_build_mlp_structure():
     assert build_mlp(1, 4, 9, 3, bias=True)[0].bias is not None
 
 
-def test_projector_for():
-    assert projector_for("vit_small") == {"proj_layers": 3, "pred_layers": 2, "proj_last_bn": True,
-                                          "pred_last_bn": True}
-    assert projector_for("resnet50") == {"proj_layers": 2, "pred_layers": 2, "proj_last_bn": True,
-                                         "pred_last_bn": False}
-    model = tiny_moco("resnet18")
-    assert len(model.projector) == 5 and isinstance(model.predictor[-1], nn.Linear)
+def linear_count(mlp: nn.Sequential) -> int:
+    return sum(isinstance(m, nn.Linear) for m in mlp)
+
+
+def test_mocov3_head_depths_follow_the_backbone_family():
+    """methods.md §1.1: ViT projector 3 layers, ResNet 2; the ResNet predictor has no last BN."""
+    resnet, vit = tiny_moco("resnet18"), tiny_moco("vit_tiny")
+    assert (linear_count(resnet.projector), linear_count(resnet.predictor)) == (2, 2)
+    assert (linear_count(vit.projector), linear_count(vit.predictor)) == (3, 2)
+    assert isinstance(resnet.projector[-1], nn.BatchNorm1d) and isinstance(vit.projector[-1],
+                                                                           nn.BatchNorm1d)
+    assert isinstance(resnet.predictor[-1], nn.Linear)
+    assert isinstance(vit.predictor[-1], nn.BatchNorm1d) and not vit.predictor[-1].affine
 
 
 # ---------------------------------------------------------------- MoCoV3
@@ -345,13 +355,6 @@ def test_group_size_sets_batchnorm_statistics():
     out1 = per_view([x1, x2])
     torch.testing.assert_close(out1.h[0], per_view.backbone(x1))
     assert not torch.allclose(out1.h, out.h)  # BN statistics differ between the two choices
-
-
-def test_encode_helpers():
-    model = tiny_moco("resnet18").eval()
-    x = torch.randn(2, 3, IMG, IMG)
-    torch.testing.assert_close(model.encode(x), model.encode_momentum(x))  # equal at init
-    assert model.encode(x).shape == (2, model.feat_dim)
 
 
 # ---------------------------------------------------------------- SimCLR
