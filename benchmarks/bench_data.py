@@ -15,7 +15,9 @@ compress and decode like photographs, not like noise."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -423,7 +425,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true",
                         help="print the 224-px rows as JSON, one object per line")
     a = parser.parse_args()
-    section = run(a.quick, a.workers)[0]
+    with contextlib.redirect_stdout(sys.stderr if a.json else sys.stdout):  # progress lines
+        section = run(a.quick, a.workers)[0]
     if not a.json:
         print(section)
         return
