@@ -10,7 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # whole modules that train, evaluate or launch real runs: `bash main.sh test fast` (pytest -m
 # "not slow") leaves them out; a slow test in another module carries @pytest.mark.slow itself
-SLOW_MODULES = {"test_end_to_end", "test_recipes", "test_reliability", "test_launch"}
+SLOW_MODULES = {"test_end_to_end", "test_recipes", "test_reliability", "test_launch",
+                "test_accum", "test_amp", "test_online_probe"}  # kill/resume, fp16 and probe runs
 
 
 def pytest_collection_modifyitems(config, items):
