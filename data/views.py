@@ -121,14 +121,11 @@ def byol_asymmetric(size: int, crop_min: float = 0.08, ns: int = 1,
     return [view1] * ns + [view2] * ns
 
 
-def simclr_symmetric(size: int, n_views: int = 2, blur_p: float = 0.5,
-                     jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2),
-                     scale: tuple[float, float] = (0.08, 1.0), *, gray_p: float = 0.2,
-                     interpolation: str = "bilinear", blur_kernel: int | None = None
-                     ) -> list[ViewSpec]:
-    """SimCLR symmetric recipe: `n_views` identically distributed views, no solarize."""
-    spec = ViewSpec(size, scale=scale, interpolation=interpolation, jitter=jitter, gray_p=gray_p,
-                    blur_p=blur_p, blur_kernel=blur_kernel)
+def simclr_symmetric(size: int, n_views: int = 2,
+                     scale: tuple[float, float] = (0.08, 1.0)) -> list[ViewSpec]:
+    """SimCLR's symmetric recipe (solo-learn augmentations/symmetric.yaml): `n_views` identical
+    specs, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, gray 0.2, blur p 0.5 at every size, no solarize."""
+    spec = ViewSpec(size, scale=scale, jitter=(0.8, 0.8, 0.8, 0.2), gray_p=0.2, blur_p=0.5)
     return [spec] * n_views
 
 
@@ -165,9 +162,8 @@ def mocov3_views(args: argparse.Namespace) -> list[Side]:
 
 
 def simclr_views(args: argparse.Namespace) -> list[Side]:
-    """solo-learn augmentations/symmetric.yaml (CIFAR and ImageNet-100 alike): jitter
-    (0.8, 0.8, 0.8, 0.2) p 0.8, gray 0.2, blur p 0.5 at every size (32 px included), no solarize."""
-    specs = simclr_symmetric(args.img_size, n_views=2, scale=(args.crop_min, 1.0), blur_p=0.5)
+    """solo-learn's symmetric recipe for CIFAR and ImageNet-100 alike, x ns per side."""
+    specs = simclr_symmetric(args.img_size, n_views=2, scale=(args.crop_min, 1.0))
     return _pair("view", specs, args.ns)
 
 

@@ -118,14 +118,13 @@ def beclr_temperature(args: argparse.Namespace) -> float:
 
 def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMR:
     """MV-MR (methods.md §7.1): official projector; representations of the original view.
-    The stem and zero-init come from mvmr_stem (METHOD_BACKBONE) so evaluation rebuilds them."""
+    The stem and zero-init come from mvmr_stem (METHOD_BACKBONE), so evaluation rebuilds them."""
     unknown = sorted(set(args.mvmr_reps) - set(REPRESENTATIONS))
     if unknown:
         raise SystemExit(f"error: unknown --mvmr-reps {unknown}; choose from {list(REPRESENTATIONS)}")
     reps = partial(compute_representations, names=list(args.mvmr_reps),
                    augment=batch_augment(args.img_size))
-    model = MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps,
-                 small_kernel=False, zero_init_residual=False)
+    model = MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps)
     model.sync_bn = False  # the official Lightning Trainer has no sync_batchnorm: BN per GPU
     return model
 
@@ -399,7 +398,7 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     return METHODS[args.method].builder(args, backbone, feat_dim), backbone
 
 
-def load_pretrained(path: str, prefer: str = "online") -> tuple[nn.Module, dict]:
+def load_pretrained(path: str) -> tuple[nn.Module, dict]:
     """The full pretrained model of one of this suite's checkpoints (kNN on projector/sub-network
     outputs needs more than the backbone), in eval mode, and its args."""
     ckpt = load_checkpoint(path)
@@ -424,8 +423,8 @@ def mvmr_clip_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: i
         info = dataset_info(args.dataset)
         mean, std = getattr(args, "mean", None) or info.mean, getattr(args, "std", None) or info.std
         renormalize = (tuple(mean), tuple(std))
-    model = MVMRCLIP(backbone, feat_dim, teacher, proj_dims=args.proj_dims, small_kernel=False,
-                     zero_init_residual=False, renormalize=renormalize)
+    model = MVMRCLIP(backbone, feat_dim, teacher, proj_dims=args.proj_dims,
+                     renormalize=renormalize)
     model.sync_bn = False  # as mvmr: the official Lightning Trainer has no sync_batchnorm
     return model
 

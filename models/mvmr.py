@@ -6,6 +6,8 @@ Both views go through the same backbone and projector with gradient (no stop-gra
 momentum encoder), one forward per view (BatchNorm statistics per view), augmented view first as
 the official step does. The representations come from a callable given at construction (the
 registry passes ``data.representations.compute_representations``): models/ does not import data/.
+The official ResNet variant (3x3/1 conv1 with the max-pool kept for STL/CIFAR, zero-init residual
+BN) is a backbone option (models/methods.py::mvmr_stem), so evaluation rebuilds the same backbone.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv
 
 from losses.base import ViewOutputs
 from models.simclr import SimCLR
@@ -36,27 +37,6 @@ def build_projector(in_dim: int, dims: str = "8192-8192-8192") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def small_kernel_stem(backbone: nn.Module) -> None:
-    """The official STL/CIFAR stem of a torchvision ResNet, in place: conv1 becomes a 3x3 stride-1
-    conv (PyTorch's default init, as the official swap) and the max-pool is KEPT (re-added if the
-    backbone was built with a CIFAR stem that removed it)."""
-    if not (hasattr(backbone, "conv1") and hasattr(backbone, "maxpool")):
-        raise ValueError("small_kernel needs a torchvision-style ResNet (conv1 and maxpool)")
-    old = backbone.conv1
-    backbone.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
-    backbone.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-
-
-def zero_last_bn(backbone: nn.Module) -> None:
-    """torchvision's zero_init_residual=True on an already built ResNet: the last BN of every
-    residual block starts at gamma = 0, so each block starts as the identity."""
-    for m in backbone.modules():
-        if isinstance(m, tv.Bottleneck):
-            nn.init.zeros_(m.bn3.weight)
-        elif isinstance(m, tv.BasicBlock):
-            nn.init.zeros_(m.bn2.weight)
-
-
 class MVMR(SimCLR):
     """Backbone + the official projector; forward([original, augmented]) -> ViewOutputs.
 
@@ -66,20 +46,13 @@ class MVMR(SimCLR):
         proj_dims: projector sizes "hidden-...-D" (official: "8192-8192-8192").
         representations: im [B, C, H, W] -> {name: [B, ...]}, called on the original view under
             no_grad; None gives no representation terms.
-        small_kernel: apply the official STL/CIFAR stem (3x3/1 conv1, max-pool kept); ResNets only.
-        zero_init_residual: zero the last BN gamma of each residual block (official: True).
 
     Shapes: p = z = [2, B, D] (view 0 original, view 1 augmented), h [2, B, feat_dim],
     extras {"rep_<name>": [B, ...]}; k = None.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, *, proj_dims: str = "8192-8192-8192",
-                 representations: Representations | None = None, small_kernel: bool = False,
-                 zero_init_residual: bool = True) -> None:
-        if small_kernel:
-            small_kernel_stem(backbone)
-        if zero_init_residual:
-            zero_last_bn(backbone)
+                 representations: Representations | None = None) -> None:
         super().__init__(backbone, feat_dim, build_projector(feat_dim, proj_dims))
         self.representations = representations
 
@@ -97,4 +70,4 @@ class MVMR(SimCLR):
         return ViewOutputs(p=z, z=z, h=torch.stack([h_orig, h_aug]), extras=extras)
 
 
-__all__ = ["MVMR", "build_projector", "small_kernel_stem", "zero_last_bn"]
+__all__ = ["MVMR", "build_projector"]

@@ -58,7 +58,7 @@ class MVMRCLIP(MVMR):
     """MV-MR student + frozen CLIP teacher; forward([original, augmented]) -> ViewOutputs.
 
     Args:
-        backbone, feat_dim, proj_dims, small_kernel, zero_init_residual: as MVMR.
+        backbone, feat_dim, proj_dims: as MVMR.
         teacher: image encoder [B, 3, S, S] -> [B, E], or a function returning one (called at the
             first forward: building the model for evaluation or inspection loads no CLIP weights).
             Frozen and kept in eval mode.
@@ -70,11 +70,9 @@ class MVMRCLIP(MVMR):
 
     def __init__(self, backbone: nn.Module, feat_dim: int,
                  teacher: nn.Module | Callable[[], nn.Module], *,
-                 proj_dims: str = "8192-8192-8192", small_kernel: bool = False,
-                 zero_init_residual: bool = True,
+                 proj_dims: str = "8192-8192-8192",
                  renormalize: tuple[tuple, tuple] | None = None) -> None:
-        super().__init__(backbone, feat_dim, proj_dims=proj_dims, representations=None,
-                         small_kernel=small_kernel, zero_init_residual=zero_init_residual)
+        super().__init__(backbone, feat_dim, proj_dims=proj_dims, representations=None)
         # a list, not an attribute nn.Module registers: the teacher is in no state_dict,
         # no optimizer and no DDP bucket
         self._teacher: list[nn.Module] = []

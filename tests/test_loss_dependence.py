@@ -237,15 +237,17 @@ def test_two_ranks_equal_one_process():
 
 # ---------------------------------------------------------------- the builder
 def _tiny_resnet():
-    from models.resnet import resnet18
-    return resnet18(width=8, cifar_stem=True), 64
+    """The registry's MV-MR backbone (official small_kernel stem at 16 px), at width 8."""
+    from models import build_backbone
+    from models.methods import backbone_kwargs
+    return build_backbone("resnet18", **backbone_kwargs({"method": "mvmr", "img_size": 16,
+                                                         "width": 8}))
 
 
 def test_builder_outputs_and_gradients():
     backbone, feat = _tiny_resnet()
     reps = partial(compute_representations, names=["pixels", "hog", "std"])
-    model = MVMRModel(backbone, feat, proj_dims="32-32-16", representations=reps,
-                      small_kernel=True)
+    model = MVMRModel(backbone, feat, proj_dims="32-32-16", representations=reps)
     assert isinstance(model.backbone.maxpool, torch.nn.MaxPool2d)  # kept, unlike the CIFAR stem
     assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
     assert all((blk.bn2.weight == 0).all() for blk in model.backbone.layer1)  # zero_init_residual
