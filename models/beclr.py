@@ -15,8 +15,6 @@ The official trainer forwards each view separately (BN statistics per view); so 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,8 +26,8 @@ from models.simclr import SimCLR
 class SubNetworks(nn.Module):
     """K independent ``Linear(D, H) -> ReLU -> Dropout(p) -> Linear(H, 1)`` as batched einsums.
 
-    Equal, up to float summation order, to K separate Linear stacks (``to_linears`` /
-    ``from_linears`` convert). Parameter layout: the K per-subnet nn.Linear parameters stacked on
+    Equal, up to float summation order, to K separate Linear stacks. Parameter layout: the K
+    per-subnet nn.Linear parameters (official ``fc_{k}_0`` and ``output_{k}``) stacked on
     dim 0, ``fc1_weight`` [K, H, D] (Linear(D, H).weight), ``fc1_bias`` [K, H], ``fc2_weight``
     [K, 1, H] (Linear(H, 1).weight), ``fc2_bias`` [K, 1]. Dropout draws one independent mask over
     [N, K, H]: the distribution of K separate Dropout layers.
@@ -59,48 +57,6 @@ class SubNetworks(nn.Module):
         hidden = self.dropout(F.relu(hidden))
         out = torch.einsum("nkh,kh->nk", hidden, self.fc2_weight[:, 0])  # [N, K]
         return out + self.fc2_bias[:, 0]
-
-    @classmethod
-    def from_linears(cls, first: Sequence[nn.Linear], second: Sequence[nn.Linear],
-                     dropout: float = 0.2) -> SubNetworks:
-        """Stack K ``Linear(D, H)`` and K ``Linear(H, 1)`` layers (e.g. official subnets)."""
-        k_subs, (hidden_dim, in_dim) = len(first), first[0].weight.shape
-        sub = cls(k_subs, in_dim, hidden_dim, dropout).to(first[0].weight)
-        with torch.no_grad():
-            sub.fc1_weight.copy_(torch.stack([m.weight for m in first]))
-            sub.fc1_bias.copy_(torch.stack([m.bias for m in first]))
-            sub.fc2_weight.copy_(torch.stack([m.weight for m in second]))
-            sub.fc2_bias.copy_(torch.stack([m.bias for m in second]))
-        return sub
-
-    def to_linears(self) -> nn.ModuleList:
-        """The K sub-networks as separate ``Sequential(Linear, ReLU, Dropout, Linear)`` copies."""
-        k_subs, hidden_dim, in_dim = self.fc1_weight.shape
-        nets = nn.ModuleList()
-        for k in range(k_subs):
-            net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(),
-                                nn.Dropout(self.dropout.p), nn.Linear(hidden_dim, 1))
-            net = net.to(self.fc1_weight)
-            with torch.no_grad():
-                net[0].weight.copy_(self.fc1_weight[k])
-                net[0].bias.copy_(self.fc1_bias[k])
-                net[3].weight.copy_(self.fc2_weight[k])
-                net[3].bias.copy_(self.fc2_bias[k])
-            nets.append(net)
-        return nets
-
-
-def convert_official_subnets(state_dict: dict[str, Tensor],
-                             prefix: str = "subnets.") -> dict[str, Tensor]:
-    """Official ``subnets.{k}.fc_{k}_0.*`` and ``subnets.{k}.output_{k}.*`` -> SubNetworks keys."""
-    k_subs = len({key.split(".")[1] for key in state_dict if key.startswith(prefix)})
-
-    def stack(layer: str, field: str) -> Tensor:
-        keys = [f"{prefix}{k}.{layer.format(k=k)}.{field}" for k in range(k_subs)]
-        return torch.stack([state_dict[key] for key in keys])
-
-    return {"fc1_weight": stack("fc_{k}_0", "weight"), "fc1_bias": stack("fc_{k}_0", "bias"),
-            "fc2_weight": stack("output_{k}", "weight"), "fc2_bias": stack("output_{k}", "bias")}
 
 
 def beclr_projector(feat_dim: int, out_dim: int = 128, hidden_dim: int | None = None,
@@ -141,10 +97,6 @@ class BeCLRNet(SimCLR):
         z = F.normalize(z, dim=-1) if self.normalize else z
         return h, z, z
 
-    def subnet_outputs(self, x: Tensor) -> Tensor:
-        """Images [N, C, H, W] -> sub-network outputs [N, K]: the Bregman kNN monitor's features."""
-        return self.subnets(self.forward_online(x)[1])
-
     def forward(self, views: list[Tensor]) -> ViewOutputs:
         out = super().forward(views)  # one forward per view, as the official trainer
         views_, batch, dim = out.z.shape
@@ -154,4 +106,4 @@ class BeCLRNet(SimCLR):
         return out
 
 
-__all__ = ["SubNetworks", "BeCLRNet", "beclr_projector", "convert_official_subnets"]
+__all__ = ["SubNetworks", "BeCLRNet", "beclr_projector"]
