@@ -55,7 +55,7 @@ F, V = "main_finetune.py", "main_voc07.py"
 CASES = [
     (P, "-b 0", USAGE, "--batch-size"),
     (P, "-b 1", USAGE, "BatchNorm"),
-    (P, "-b 7 --multiprocessing-distributed --nproc-cpu 2", USAGE, "multiple of 2"),
+    (P, "-b 7 --multiprocessing-distributed --nproc-cpu 2", USAGE, "not divisible by the 2"),
     (P, "-b 8 --accum-steps 3", USAGE, "accumulation"),
     (P, "--ns 0", USAGE, "--ns"),
     (P, "-a resnet999", USAGE, "resnet999"),

@@ -179,8 +179,8 @@ def batch_problems(args: argparse.Namespace, known: Known) -> Iterator[tuple[str
     if known.global_batch and b % share:
         what = f"{processes} processes" + (f" x {accumulation} accumulation steps"
                                             if accumulation > 1 else "")
-        yield "batch_size", (f"the global batch {b} does not split over {what}; give a multiple "
-                             f"of {share}, e.g. -b {max(share, b // share * share)}")
+        yield "batch_size", (f"the global batch {b} is not divisible by the {what}; give a "
+                             f"multiple of {share}, e.g. -b {max(share, b // share * share)}")
     elif b // share < known.min_batch_per_process:
         yield "batch_size", (f"{b} gives {b // share} image(s) per process and step, but BatchNorm "
                              f"needs {known.min_batch_per_process}; give -b "
