@@ -9,7 +9,7 @@ no BN), fc_out NOT normalised, sub-network hidden 100, k_subs 200: ``normalize=F
 proj_bn=False, subnet_hidden=100, k_subs=200``.
 
 The official trainer forwards each view separately (BN statistics per view); so does this builder
-(SimCLR's default ``concat_views=False``).
+(as every SimCLR).
 """
 
 from __future__ import annotations

@@ -20,18 +20,18 @@ class SimCLR(nn.Module):
         feat_dim: backbone feature width.
         projector: maps [N, feat_dim] to [N, D], e.g. ``heads.build_mlp(2, feat_dim, 2048, 256)``.
         predictor: optional [N, D] -> [N, D'] head (NNCLR).
-        concat_views: False (default) forwards each view separately (BeCLR and lightly's examples:
-            BN statistics per view); True forwards consecutive same-size views as one batch.
+
+    Each view is its own forward, so BatchNorm statistics are per view (BeCLR's trainer,
+    solo-learn, lightly's examples).
 
     Shapes: forward(views: V x [B, C, H, W]) -> ViewOutputs(p [V,B,D'], z [V,B,D],
     h [V,B,feat_dim]), k = None. Computes no loss.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, projector: nn.Module,
-                 predictor: nn.Module | None = None, concat_views: bool = False) -> None:
+                 predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.feat_dim = feat_dim
-        self.concat_views = concat_views
         self.backbone = backbone
         self.projector = projector
         self.predictor = predictor
@@ -43,8 +43,7 @@ class SimCLR(nn.Module):
         return h, z, (z if self.predictor is None else self.predictor(z))
 
     def forward(self, views: list[Tensor]) -> ViewOutputs:
-        group_size = len(views) if self.concat_views else 1
-        h, z, p = forward_grouped(self.forward_online, views, group_size)
+        h, z, p = forward_grouped(self.forward_online, views, 1)
         return ViewOutputs(p=p, z=z, h=h)
 
 
