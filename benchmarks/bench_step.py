@@ -109,8 +109,7 @@ def build_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
             x = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with amp_context(args):
             out = model(x)
-            out.extras["labels"] = labels
-            loss, metrics = criterion(out)
+            loss, metrics = criterion(out, labels=labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf, foreach=True)
@@ -144,12 +143,11 @@ def loss_only_fn(
         h=_leaf(out.h),
         extras={k: _leaf(v) for k, v in out.extras.items()},
     )
-    leaves.extras["labels"] = labels
     del out  # free the backbone graph before timing
 
     def loss_only() -> None:
         with amp_context(args):
-            loss, _ = criterion(leaves)
+            loss, _ = criterion(leaves, labels=labels)
         loss.backward()
 
     return loss_only
