@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data.loaders import build_eval_loaders, build_view_loader
-from data.transforms import ViewSpec
-from data.views import TRAIN_AUGS
+from data.views import TRAIN_AUGS, ViewSpec
 from models.encoder import add_encoder_args, build_encoder, inherit_normalisation
 from utils import dist
 from utils.args import add_common_args, parse_with_config

@@ -33,15 +33,11 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from benchmarks.common import RESULTS_DIR, markdown_table, ratio, report, write_json
-from data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchMultiView,
-    MultiViewTransform,
-    ViewSpec,
-)
+from data.batched import BatchMultiView
+from data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from data.per_sample import MultiViewTransform
 from data.split_views import DevicePhotometric, GeometricViews
-from data.views import byol_asymmetric, multicrop, simclr_symmetric
+from data.views import ViewSpec, byol_asymmetric, multicrop, simclr_symmetric
 
 NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -109,7 +105,7 @@ def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.jpg", quality=90)
 
 
-# ============ candidate changes to data/transforms.py, measured here ============
+# ============ candidate changes to data/per_sample.py, measured here ============
 
 
 class PILBlur:
@@ -377,7 +373,7 @@ def section(payload: dict) -> tuple[str, list[dict]]:
             "local views use BYOLView1Transform(96, min_scale=0.05, blur 0.5) (scale up to 1)"
         ),
         (
-            "* = a candidate change to data/transforms.py, implemented in bench_data.py: 'PIL' "
+            "* = a candidate change to data/per_sample.py, implemented in bench_data.py: 'PIL' "
             "runs the reference views on the PIL image with PIL's "
             "GaussianBlur(radius=sigma) (the official seeds' blur) and converts to a tensor last"
         ),

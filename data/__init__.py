@@ -1,5 +1,6 @@
 """Data: datasets by name and multi-view augmentation recipes (imports no model or loss code)."""
 
+from data.batched import BatchMultiView
 from data.datasets import (
     DATASETS,
     DatasetError,
@@ -8,14 +9,9 @@ from data.datasets import (
     build_dataset,
     dataset_info,
 )
-from data.transforms import (
-    BatchEval,
-    BatchMultiView,
-    MultiViewTransform,
-    ViewSpec,
-    eval_transform,
-)
-from data.views import byol_asymmetric, multicrop, original_view, simclr_symmetric
+from data.eval_transforms import BatchEval, eval_transform
+from data.per_sample import MultiViewTransform
+from data.views import ViewSpec, byol_asymmetric, multicrop, original_view, simclr_symmetric
 
 __all__ = [
     "DATASETS",

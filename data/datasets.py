@@ -26,7 +26,7 @@ from torchvision import datasets as tvd
 
 from data import fashion_mnist
 from data.folder import BadImageError, DatasetError, class_folders, image_folder
-from data.transforms import (
+from data.normalization import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,

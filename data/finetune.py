@@ -25,10 +25,10 @@ from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
 from data.datasets import build_dataset
+from data.eval_transforms import eval_transform
 from data.label_subsets import dataset_targets, draw_subset, load_subset, save_subset
 from data.loaders import SeededSamples, _ignore_sigterm
 from data.subsets import make_subset
-from data.transforms import eval_transform
 from utils import dist
 from utils.sampler import ResumableSampler
 

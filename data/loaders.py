@@ -24,12 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from data.batched import BatchMultiView
 from data.datasets import DatasetInfo, WithIndex, build_dataset, dataset_info
+from data.eval_transforms import BatchEval, eval_transform
 from data.folder import find_grayscale
+from data.per_sample import MultiViewTransform
 from data.split_views import DevicePhotometric, GeometricViews, resolve_placement
 from data.stats import compute_stats, stats_flags
 from data.subsets import make_subset
-from data.transforms import BatchEval, BatchMultiView, MultiViewTransform, ViewSpec, eval_transform
+from data.views import ViewSpec
 from utils import dist
 from utils.sampler import ResumableSampler
 

@@ -28,14 +28,10 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from data.transforms import (
-    _INTERPOLATIONS,
-    _to_float,
-    photometric,
-    randaugment,
-    resize_for_eval,
-    sample_params,
-)
+from data.batched import photometric
+from data.eval_transforms import _INTERPOLATIONS, _to_float, resize_for_eval
+from data.randaugment import randaugment
+from data.view_params import sample_params
 from data.views import ViewSpec
 
 

@@ -30,7 +30,7 @@ class ViewSpec:
     """The augmentation parameters of ONE view (MoCo v3 / BYOL vocabulary).
 
     `crop=False` means no augmentation at all: the image is only resized to `size` (the "original
-    view" of MV-MR, see `data.transforms.resize_for_eval`). Probabilities are per sample.
+    view" of MV-MR, see `data.eval_transforms.resize_for_eval`). Probabilities are per sample.
     `solarize_threshold` is on the uint8 scale (PIL ImageOps.solarize inverts pixels >= 128).
 
     `randaugment_p`, `randaugment_ops`, `randaugment_magnitude`: torchvision's
@@ -86,7 +86,7 @@ class ViewSpec:
 
     @property
     def kernel_size(self) -> int:
-        """The blur kernel actually used (see data/transforms.py's docstring for the default)."""
+        """The blur kernel actually used (see data/per_sample.py's docstring for the default)."""
         if self.blur_kernel is not None:
             return self.blur_kernel
         return min(2 * math.ceil(3 * self.blur_sigma[1]) + 1, 2 * self.size - 1)

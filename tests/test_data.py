@@ -13,6 +13,7 @@ from PIL import Image
 
 import generate_IN100
 from data import fashion_mnist
+from data.batched import BatchMultiView
 from data.datasets import (
     CIFAR100_CLASSES,
     CIFAR100_SUPERCLASSES,
@@ -23,19 +24,13 @@ from data.datasets import (
     build_dataset,
     dataset_info,
 )
+from data.eval_transforms import BatchEval, eval_transform
 from data.folder import find_grayscale
 from data.loaders import build_eval_loaders, build_view_loader
+from data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from data.per_sample import MultiViewTransform
 from data.stats import compute_stats, stats_flags
-from data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchEval,
-    BatchMultiView,
-    MultiViewTransform,
-    ViewSpec,
-    eval_transform,
-)
-from data.views import byol_asymmetric, multicrop, original_view, simclr_symmetric
+from data.views import ViewSpec, byol_asymmetric, multicrop, original_view, simclr_symmetric
 from utils.online_probe import OnlineProbe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

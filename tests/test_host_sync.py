@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import data.transforms as transforms
-from data.transforms import BatchMultiView
+import data.batched as batched
+from data.batched import BatchMultiView
 from main_pretrain import get_args_parser
 from models.methods import METHODS, build_model
 from utils.training import TrainStep, build_scaler
@@ -77,7 +77,7 @@ def tiny_args(method: str, amp: str) -> argparse.Namespace:
 
 
 def count_one_step(method: str, amp: str, monkeypatch) -> Counter:
-    monkeypatch.setattr(transforms, "_sync_free", lambda x: True)  # the accelerator branch
+    monkeypatch.setattr(batched, "_sync_free", lambda x: True)  # the accelerator branch
     args = tiny_args(method, amp)
     try:
         model, _ = build_model(args)
@@ -129,11 +129,11 @@ def test_hue_branches_agree():
     factors = torch.rand(16, 4, generator=g) * 0.4 + 0.8
     factors[:, 3] = torch.rand(16, generator=g) * 0.2 - 0.1
     order = torch.stack([torch.randperm(4, generator=g) for _ in range(16)])
-    indexed = transforms.color_jitter(x, apply, factors, order)
-    original = transforms._sync_free
+    indexed = batched.color_jitter(x, apply, factors, order)
+    original = batched._sync_free
     try:
-        transforms._sync_free = lambda t: True
-        dense = transforms.color_jitter(x, apply, factors, order)
+        batched._sync_free = lambda t: True
+        dense = batched.color_jitter(x, apply, factors, order)
     finally:
-        transforms._sync_free = original
+        batched._sync_free = original
     assert torch.equal(indexed, dense)

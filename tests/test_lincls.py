@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 import main_lincls
-from data.transforms import BatchEval, eval_transform
+from data.eval_transforms import BatchEval, eval_transform
 from models import build_backbone
 from models.encoder import inherit_normalisation, ratio
 from utils.args import parse_with_config

@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-from data.transforms import BatchMultiView
+from data.batched import BatchMultiView
 from data.views import METHOD_VIEWS, ViewSpec
 from main_pretrain import get_args_parser
 from models.methods import METHODS, build_model

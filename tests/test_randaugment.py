@@ -13,17 +13,11 @@ import torch
 from scipy import stats
 from torchvision.transforms import v2
 
-from data.transforms import (
-    _RANDAUGMENT_OPS,
-    _RANDAUGMENT_SPACE,
-    BatchMultiView,
-    MultiViewTransform,
-    ViewSpec,
-    _reference_view,
-    apply_params,
-    randaugment,
-    sample_params,
-)
+from data.batched import BatchMultiView, apply_params
+from data.per_sample import MultiViewTransform, _reference_view
+from data.randaugment import _RANDAUGMENT_OPS, _RANDAUGMENT_SPACE, randaugment
+from data.view_params import sample_params
+from data.views import ViewSpec
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity normalisation: outputs stay in [0, 1]
 KS_P_MIN = 1e-3

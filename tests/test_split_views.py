@@ -27,9 +27,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from data.hue import shift_hue, shift_hue_pil
+from data.per_sample import MultiViewTransform
 from data.split_views import DevicePhotometric, GeometricViews, resolve_placement
-from data.transforms import MultiViewTransform, ViewSpec, sample_params
-from data.views import byol_asymmetric, multicrop
+from data.view_params import sample_params
+from data.views import ViewSpec, byol_asymmetric, multicrop
 from utils.checkpoint import load_checkpoint
 
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std: outputs stay in [0, 1]
@@ -302,7 +303,7 @@ def test_build_view_loader_wires_the_split_placement(tmp_path):
 def test_per_sample_float_jitter_is_torchvisions_float_jitter_rounded_once():
     """MultiViewTransform's ColorJitter ("float"): torchvision's float kernels in the drawn order,
     one rounding to uint8 at the end (torchvision's uint8 kernels round after every op)."""
-    from data.transforms import _ColorJitter
+    from data.per_sample import _ColorJitter
 
     x = _random_pixels()[0]
     kernels = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)

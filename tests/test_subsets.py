@@ -16,7 +16,7 @@ from PIL import Image
 from data.datasets import TensorImageDataset, build_dataset
 from data.loaders import build_eval_loaders, build_view_loader
 from data.subsets import LabelledSubset, balanced_quota, make_subset, subset_indices
-from data.transforms import ViewSpec
+from data.views import ViewSpec
 
 CLASSES = ["a", "b", "c", "d", "e"]
 

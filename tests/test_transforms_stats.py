@@ -14,17 +14,10 @@ from scipy import stats
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from data.transforms import (
-    BatchMultiView,
-    MultiViewTransform,
-    ViewSpec,
-    apply_params,
-    color_jitter,
-    crop_resize,
-    gaussian_blur,
-    sample_params,
-)
-from data.views import byol_asymmetric
+from data.batched import BatchMultiView, apply_params, color_jitter, crop_resize, gaussian_blur
+from data.per_sample import MultiViewTransform
+from data.view_params import sample_params
+from data.views import ViewSpec, byol_asymmetric
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity normalisation: outputs stay in [0, 1]
 KS_P_MIN = 1e-3  # a seeded KS test: a real mismatch gives p ~ 1e-10 at these sample sizes
