@@ -9,7 +9,6 @@ Read top to bottom: arguments, launch, main_worker (data -> model -> loss -> opt
 """
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -30,7 +29,7 @@ from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
 from utils.preemption import PREEMPTED_EXIT_CODE, Preemption
 from utils.results import write_results
 from utils.schedules import training_schedules
-from utils.training import TrainStep, amp_context, build_scaler, micro_batches, split_batch
+from utils.training import TrainStep, amp_context, build_scaler, epoch_batches, split_batch
 
 # a checkpoint saved with other values of these cannot continue this run
 RUN_KEYS = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim", "batch_size"]
@@ -233,9 +232,7 @@ def train_one_epoch(step, loader, schedules, epoch, iters, first, save, args):
     step.forward.train()
     step.criterion.train()
     meter, images = MetricAverager(), 0
-    # closing(): on a SystemExit (preemption, non-finite stop) the loader workers shut down first;
-    # at interpreter exit they would be SIGTERMed, which they ignore, and joined forever
-    with contextlib.closing(micro_batches(loader, args.accum_steps)) as groups:
+    with epoch_batches(loader, args.accum_steps) as groups:  # workers stop on a SystemExit
         for i, batches in zip(range(first, iters), groups):
             it = epoch * iters + i  # global optimizer step: every schedule is indexed by it
             set_lr_wd(step.optimizer, schedules["lr"][it], schedules["wd"][it])

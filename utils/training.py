@@ -90,6 +90,20 @@ def micro_batches(loader: Iterable, accum_steps: int) -> Iterator[list]:
             group = []
 
 
+@contextlib.contextmanager
+def epoch_batches(loader: Iterable, accum_steps: int) -> Iterator[Iterator[list]]:
+    """micro_batches(loader, accum_steps) for one epoch. On an exit by exception (preemption,
+    non-finite stop) the loader's persistent workers are shut down first: they ignore SIGTERM, and
+    the interpreter's exit would SIGTERM them and then wait for them forever."""
+    try:
+        yield micro_batches(loader, accum_steps)
+    except BaseException:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        raise
+
+
 class OverflowCounter:
     """fp16 loss-scale overflows: steps the GradScaler skipped (its scale went down), in total and
     in a row; a run stops after --max-overflows in a row (the scale keeps halving towards 0)."""
