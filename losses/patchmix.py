@@ -93,7 +93,14 @@ def _patchmix_terms(q1: Tensor, k1: Tensor, k2: Tensor, mk1: Tensor, mq2: Tensor
                     local_mq: Tensor | None = None, *, m: int = 2, mix_smoothing: float = 0.0,
                     accumulate: bool = False, mixed: Tensor | None = None
                     ) -> tuple[dict[str, Tensor], Tensor]:
-    """The weighted terms of :func:`patchmix_loss` and the q1 -> k2 top-1 accuracy."""
+    """The weighted terms of the PatchMix loss and the q1 -> k2 top-1 accuracy.
+
+    Shapes: q1, k1, k2, mk1, mq2 [B, D]; local_q, local_mq [C, B, D] or None. Keys are constants.
+    smoothing: eps of the original-to-original (and multi-crop) identity targets; 0.1 officially.
+    m, mix_smoothing: images per mix and the mixed targets' smoothing (2 and 0.0 officially).
+    accumulate: add repeated target columns instead of overwriting them (differs if B < 2m - 1).
+    mixed: optional 0-d bool; False gives the mixed terms identity targets (an unmixed step).
+    """
     batch, like = q1.shape[0], upcast(q1)
     identity, _ = patchmix_targets(batch, 1, smoothing, like)  # I_eps: the official no_mixer
     y_mix, y_mixmix = patchmix_targets(batch, m, mix_smoothing, like, accumulate)
@@ -135,24 +142,6 @@ def _total(terms: dict[str, Tensor]) -> Tensor:
     return total
 
 
-def patchmix_loss(q1: Tensor, k1: Tensor, k2: Tensor, mk1: Tensor, mq2: Tensor,
-                  temperature: float, smoothing: float = 0.1, local_q: Tensor | None = None,
-                  local_mq: Tensor | None = None, *, m: int = 2, mix_smoothing: float = 0.0,
-                  accumulate: bool = False, mixed: Tensor | None = None) -> Tensor:
-    """src + mix/2 + mixmix/2 (+ the two multi-crop terms), as the official train_epoch.
-
-    Shapes: q1, k1, k2, mk1, mq2 [B, D]; local_q, local_mq [C, B, D] or None. Keys are constants.
-    smoothing: eps of the original-to-original (and multi-crop) identity targets; 0.1 officially.
-    m, mix_smoothing: images per mix and the mixed targets' smoothing (2 and 0.0 officially).
-    accumulate: add repeated target columns instead of overwriting them (differs if B < 2m - 1).
-    mixed: optional 0-d bool; False gives the mixed terms identity targets (an unmixed step).
-    """
-    terms, _ = _patchmix_terms(q1, k1, k2, mk1, mq2, temperature, smoothing, local_q, local_mq,
-                               m=m, mix_smoothing=mix_smoothing, accumulate=accumulate,
-                               mixed=mixed)
-    return _total(terms)
-
-
 class PatchMix(ContrastiveLoss):
     """PatchMix objective over the outputs of models.patchmix.PatchMixMoCo (see module docstring).
 
@@ -188,4 +177,4 @@ class PatchMix(ContrastiveLoss):
         return LossOutput(_total(terms), metrics)
 
 
-__all__ = ["soft_contrastive", "patchmix_targets", "patchmix_loss", "PatchMix"]
+__all__ = ["soft_contrastive", "patchmix_targets", "PatchMix"]

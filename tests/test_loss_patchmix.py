@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.patchmix import PatchMix, patchmix_loss, patchmix_targets, soft_contrastive
+from losses.patchmix import PatchMix, patchmix_targets, soft_contrastive
 from models import build_backbone
 from models.patchmix import PatchMixMoCo
 from utils import dist
@@ -58,6 +58,22 @@ def naive_patchmix(q1, k1, k2, mk1, mq2, t, targets, local_q=None, local_mq=None
         loss = loss + sum(naive_ctr(local_mq[i], k1, mix, t) + naive_ctr(local_mq[i], k2, mix, t)
                           for i in range(c)) / c
     return loss
+
+
+def patchmix_loss(q1, k1, k2, mk1, mq2, temperature, smoothing=0.1, local_q=None, local_mq=None,
+                  *, m=2, mix_smoothing=0.0, accumulate=False, mixed=None):
+    """The PatchMix loss class on these tensors, packed into ViewOutputs as the builder packs them.
+
+    Shapes: q1, k1, k2, mk1, mq2 [B, D]; local_q, local_mq [C, B, D] or None.
+    """
+    extras = {"p_mix": mq2[None] if local_mq is None else torch.cat([mq2[None], local_mq]),
+              "k_mix": mk1[None]}
+    if mixed is not None:
+        extras["mixed"] = mixed
+    out = ViewOutputs(p=q1[None] if local_q is None else torch.cat([q1[None], local_q]),
+                      k=torch.stack([k1, k2]), extras=extras)
+    criterion = PatchMix(temperature, smoothing, m, mix_smoothing, accumulate)
+    return criterion(out).loss
 
 
 def _inputs(b=5, d=4, crops=2, grad=True):
@@ -257,9 +273,9 @@ def test_class_reads_view_outputs_and_reports_metrics():
     x = _inputs(b=5, crops=2)
     criterion = PatchMix(temperature=0.2, smoothing=0.1, m=2)
     loss, metrics = criterion(_view_outputs(x, mixed=True))
-    want = patchmix_loss(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"], 0.2, 0.1, x["local_q"],
-                         x["local_mq"])
-    torch.testing.assert_close(loss, want, rtol=1e-14, atol=0)
+    want = naive_patchmix(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"], 0.2,
+                          naive_targets(5, 2, 0.1), x["local_q"], x["local_mq"])
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)
     assert set(metrics) == {"src", "mix", "mixmix", "acc"}
     for v in metrics.values():
         assert v.dim() == 0 and not v.requires_grad
@@ -275,8 +291,9 @@ def test_class_without_local_crops_and_bad_shapes():
     x = _inputs(b=4, crops=0, grad=False)
     criterion = PatchMix()
     loss, _ = criterion(_view_outputs(x))
-    torch.testing.assert_close(loss, patchmix_loss(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"],
-                                                   0.2))
+    want = naive_patchmix(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"], 0.2,
+                          naive_targets(4, 2, 0.1))
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=0)
     with pytest.raises(ValueError):
         criterion(ViewOutputs(p=x["q1"][None], k=x["k1"][None], extras={}))
 
