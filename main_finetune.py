@@ -46,22 +46,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_common_args(parser)
     add_encoder_args(parser)  # --pretrained / --random-init -a --method, --encoder, val resizing
     g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--drop-path", default=0.0, type=probability, help="ViT stochastic depth (0.1 DeiT)")
+    g.add_argument("--drop-path", default=0.0, type=probability,
+                   help="ViT stochastic depth (0.1 DeiT)")
     g.add_argument("--train-pos-embed", default=False, type=bool_flag,
                    help="train a fixed sin-cos position embedding (DeiT fine-tuning a moco-v3 ViT)")
     g = parser.add_argument_group("labels (semi-supervised)")
     g.add_argument("--label-fraction", default=1.0, type=float,
-                   help="fraction of the training labels used (0.01 / 0.1: semi-supervised; 1: all)")
-    g.add_argument("--label-subset", default="", help="file of file names (SimCLR's 1percent.txt) "
-                                                      "or indices, one per line; overrides the draw")
+                   help="fraction of the training labels (0.01 / 0.1: semi-supervised; 1: all)")
+    g.add_argument("--label-subset", default="",
+                   help="file of file names (SimCLR's 1percent.txt) or indices, one per line; "
+                        "overrides the draw")
     g.add_argument("--label-draw", default="balanced", choices=DRAWS,
                    help="balanced per class (default), mvmr (randint with replacement), beclr "
                         "(random_split)")
     g.add_argument("--label-seed", default=0, type=int, help="seed of the draw (MV-MR: 0)")
     g.add_argument("--mvmr-draw", default=1, type=int, help="which randint call MV-MR's subset is")
     g = parser.add_argument_group("optimization")
-    g.add_argument("-b", "--batch-size", default=256, type=int, help="GLOBAL batch over all processes")
-    g.add_argument("--lr", default=5e-4, type=float, help="base lr; effective lr = lr x batch / 256")
+    g.add_argument("-b", "--batch-size", default=256, type=int,
+                   help="GLOBAL batch over all processes")
+    g.add_argument("--lr", default=5e-4, type=float,
+                   help="base lr; effective lr = lr x batch / 256")
     g.add_argument("--min-lr", default=1e-5, type=float, help="final lr of the cosine (DeiT: 1e-5)")
     g.add_argument("--warmup-lr", default=1e-6, type=float, help="lr the warmup starts from")
     g.add_argument("--epochs", default=100, type=int)
@@ -87,7 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="timm create_transform (DeiT), simple crop + flip (BeCLR), none (eval)")
     g.add_argument("--train-crop", default="auto", choices=["auto", "rrc", "pad"],
                    help="auto: RandomCrop(padding 4) at <= 32 px as PatchMix, else resized crop")
-    g.add_argument("--crop-min", default=0.08, type=float, help="--train-aug simple: min crop scale")
+    g.add_argument("--crop-min", default=0.08, type=float,
+                   help="--train-aug simple: min crop scale")
     g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm RandAugment ('' = off)")
     g.add_argument("--color-jitter", default=0.4, type=float, help="used only without --aa")
     g.add_argument("--train-interpolation", default="bicubic")
@@ -104,7 +109,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("run control")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU")
-    g.add_argument("--resume", default="", help="checkpoint path, or 'auto' (newest in --results_dir)")
+    g.add_argument("--resume", default="",
+                   help="checkpoint path, or 'auto' (newest in --results_dir)")
     g.add_argument("--save-freq-steps", default=0, type=int,
                    help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
     g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")

@@ -117,7 +117,8 @@ def build_train_loader(args: Any, info: Any, size: int) -> tuple[DataLoader, int
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=args.seed or 0,
                                rank=dist.get_rank(), world_size=dist.get_world_size(),
                                encode_epoch=True)
-    loader = DataLoader(SeededAllSamples(dataset, args.seed or 0), batch_size=args.batch_size_per_gpu,
+    loader = DataLoader(SeededAllSamples(dataset, args.seed or 0),
+                        batch_size=args.batch_size_per_gpu,
                         sampler=sampler, num_workers=args.workers, drop_last=True,
                         pin_memory=args.device.type == "cuda", persistent_workers=args.workers > 0,
                         worker_init_fn=_ignore_sigterm if args.workers > 0 else None,
