@@ -57,14 +57,6 @@ def _nnclr_terms(nn: Tensor, p: Tensor, temperature: float) -> tuple[Tensor, Ten
     return loss_a / 2 + loss_b / 2, (acc_a + acc_b) / 2
 
 
-def nnclr_loss(nn: Tensor, p: Tensor, temperature: float) -> Tensor:
-    """1/2 CE(nn_0 vs p_1) + 1/2 CE(nn_1 vs p_0), p gathered over ranks with gradient.
-
-    Shapes: nn [2, B, D] neighbours (constants), p [2, B, D] predictions; both unnormalised.
-    """
-    return _nnclr_terms(nn, p, temperature)[0]
-
-
 class NNCLR(ContrastiveLoss):
     """NNCLR loss owning its support set (solo-learn: normalised z of view 0, gathered over ranks).
 
