@@ -260,7 +260,8 @@ def main_worker(gpu, args):
             print(f"epoch {epoch + 1}: loss {loss:.4f}, {args.val_split} mAP {scores['mAP']:.2f} "
                   f"(11-point {scores['mAP_11point']:.2f}, pooled AP {scores['AP_pooled']:.2f})")
     if dist.is_main_process():
-        args.method, args.arch, args.dataset = run.get("method"), run["arch"], "voc07"
+        # the run's identity is its pretraining's (the voc07 section says what was measured)
+        args.method, args.arch, args.dataset = run.get("method"), run["arch"], run.get("dataset")
         record = {**scores, "mAP_best": best, "train_split": args.train_split,
                   "val_split": args.val_split, "history": history}
         write_results(args.results_dir, "voc07", args, record, time.time() - t0)

@@ -161,6 +161,41 @@ def test_table_matches_batch_size_best_epoch_and_online_rows(tmp_path):
         results_table.load_paper(str(bad))
 
 
+def test_table_reads_finetune_semi_supervised_and_voc07_records(tmp_path):
+    """main_finetune.py writes into a subdirectory of the pretraining run; its label fraction
+    picks the protocol. main_voc07.py writes a voc07 record beside the pretraining's."""
+    root = tmp_path / "runs"
+    write_run(root, "mvmr", 0, method="mvmr", dataset="imagenet", arch="resnet50", epochs=1000)
+    with open(root / "mvmr" / "results.json") as f:
+        record = json.load(f)
+    record["voc07"] = {"mAP": 80.0, "mAP_11point": 78.0, "AP_pooled": 86.0}
+    with open(root / "mvmr" / "results.json", "w") as f:
+        json.dump(record, f)
+    for name, fraction, top1 in (("semi1", 0.01, 50.0), ("semi10", 0.1, 65.0)):
+        os.makedirs(root / "mvmr" / name)
+        with open(root / "mvmr" / name / "results.json", "w") as f:
+            json.dump({"method": "mvmr", "dataset": "imagenet", "arch": "resnet50", "seed": 0,
+                       "finetune": {"top1": top1, "top5": top1 + 20, "top1_best": top1 + 1,
+                                    "label_fraction": fraction}}, f)
+    row = {"method": "mvmr", "dataset": "imagenet", "arch": "resnet50", "epochs": None,
+           "source": "s"}
+    paper = [{**row, "protocol": "semi-1%", "metric": "top1", "value": 56.1},
+             {**row, "protocol": "semi-10%", "metric": "top5", "value": 89.5},
+             {**row, "protocol": "voc07", "metric": "AP_pooled", "value": 87.1}]
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump({"rows": paper}))
+    out = tmp_path / "table.json"
+    results_table.main([str(root), "--paper", str(path), "--metric", "all", "--top5",
+                        "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert _row(rows, protocol="semi-1%", metric="top1")["mean"] == 50.0
+    semi10 = _row(rows, protocol="semi-10%", metric="top5")
+    assert semi10["mean"] == 85.0 and semi10["paper"] == 89.5 and semi10["epochs"] == 1000
+    voc = _row(rows, protocol="voc07", metric="AP_pooled")
+    assert voc["mean"] == 86.0 and voc["diff"] == pytest.approx(-1.1)
+    assert _row(rows, protocol="voc07", metric="mAP")["paper"] is None
+
+
 def test_mean_std_closed_form():
     assert results_table.mean_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3)))
     assert results_table.mean_std([7.0]) == (7.0, 0.0)
@@ -170,7 +205,8 @@ def test_paper_results_yaml():
     rows = results_table.load_paper(results_table.DEFAULT_PAPER)
     for r in rows:
         assert r["method"] in METHODS and r["dataset"] in DATASETS and r["arch"] in ARCHS, r
-        assert r["protocol"] in results_table.PROTOCOLS and r["metric"] in {"top1", "top5"}, r
+        metrics = results_table.VOC07_METRICS if r["protocol"] == "voc07" else {"top1", "top5"}
+        assert r["protocol"] in results_table.PROTOCOLS and r["metric"] in metrics, r
         if r["protocol"].startswith("linear"):  # every linear number says which epoch it is
             assert r["report"] in {"best", "last"}, r
         assert r.get("batch_size") is None or isinstance(r["batch_size"], int), r

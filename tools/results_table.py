@@ -35,16 +35,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PAPER = os.path.join(ROOT, "paper_results.yaml")
 GROUP_KEY = ("method", "dataset", "arch", "epochs", "batch_size")
 MATCH_KEY = ("method", "dataset", "arch", "protocol", "metric")
-PROTOCOLS = ("linear", "linear-online", "knn", "finetune", "semi-1%", "semi-10%", "distill")
+PROTOCOLS = ("linear", "linear-online", "knn", "finetune", "semi-1%", "semi-10%", "distill", "voc07")
 PAPER_FIELDS = ("method", "dataset", "arch", "epochs", "protocol", "metric", "value", "source")
 NO_PAPER = "no published number"
 
 # results.json section -> (protocol, kind); kind "random" is the random-init baseline of the run
 SECTIONS = {"knn": ("knn", "ours"), "knn_random_init": ("knn", "random"),
-            "linear": ("linear", "ours"), "linear_random_init": ("linear", "random")}
+            "linear": ("linear", "ours"), "linear_random_init": ("linear", "random"),
+            "finetune": ("finetune", "ours"), "finetune_random_init": ("finetune", "random"),
+            "voc07": ("voc07", "ours")}
 # a protocol of ours -> the paper protocols it is compared with, in order of preference
 COMPARED_WITH = {"knn": ("knn",), "linear": ("linear", "linear-online", "distill"),
-                 "linear-online": ("linear-online",)}
+                 "linear-online": ("linear-online",), "finetune": ("finetune",),
+                 "semi-1%": ("semi-1%",), "semi-10%": ("semi-10%",), "voc07": ("voc07",)}
+VOC07_METRICS = ("mAP", "mAP_11point", "AP_pooled")  # main_voc07.py; MV-MR reports AP_pooled
+# --metric -> the protocols tabulated
+METRIC_PROTOCOLS = {"knn": ("knn",), "linear": ("linear", "linear-online"),
+                    "both": ("knn", "linear", "linear-online"),
+                    "finetune": ("finetune", "semi-1%", "semi-10%"), "voc07": ("voc07",),
+                    "all": ("knn", "linear", "linear-online", "finetune", "semi-1%", "semi-10%",
+                            "voc07")}
 
 
 # ============ reading runs ============
@@ -89,7 +99,13 @@ def measurements(record: dict[str, Any], knn_k: int, where: str = ""
             else:
                 print(f"warning: {section} of {where} has no k={knn_k} (has "
                       f"{sorted(top1, key=int)}); see --knn-k", file=sys.stderr)
-        for metric in ("top1", "top5") if protocol == "linear" else ():
+        if protocol == "finetune" and result:
+            protocol = label_protocol(result.get("label_fraction"))
+        if protocol == "voc07":
+            for metric in VOC07_METRICS:
+                if result.get(metric) is not None:
+                    values[(protocol, metric, kind, "last")] = float(result[metric])
+        for metric in ("top1", "top5") if protocol not in ("knn", "voc07") else ():
             for report, field in (("last", metric), ("best", metric + "_best")):
                 if result.get(field) is not None:
                     values[(protocol, metric, kind, report)] = float(result[field])
@@ -99,11 +115,21 @@ def measurements(record: dict[str, Any], knn_k: int, where: str = ""
     return values
 
 
+def label_protocol(fraction: float | None) -> str:
+    """finetune (all labels) or semi-P% (main_finetune.py --label-fraction)."""
+    if fraction is None or fraction >= 1.0:
+        return "finetune"
+    return f"semi-{100 * fraction:g}%"
+
+
 def load_run(path: str, knn_k: int = 20) -> dict[str, Any]:
     """One run: identity (method, dataset, arch, epochs, seed), directory and measurements."""
     record = _read_json(path)
     args = _read_json(os.path.join(os.path.dirname(path), "args.json"))  # main_pretrain's args
     pretrain = record.get("pretrain") or {}
+    if not pretrain:  # a fine-tuning run lives in a subdirectory of its pretraining run (main.sh)
+        parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        pretrain = _read_json(os.path.join(parent, "results.json")).get("pretrain") or {}
     run = {"path": os.path.dirname(path) or "."}
     for field in ("epochs", "batch_size"):  # of the pretraining, not of an evaluation
         run[field] = pretrain.get(field) if pretrain.get(field) is not None else args.get(field)
@@ -224,7 +250,7 @@ def build_table(runs: list[dict[str, Any]], paper: list[dict[str, Any]],
     for key in sorted(groups, key=_sort_key):
         _warn_repeated_seeds(key, groups[key])
         for protocol in protocols:
-            for metric in ("top1", "top5") if protocol == "linear" and top5 else ("top1",):
+            for metric in _metrics(protocol, top5):
                 matches = paper_matches(key, protocol, metric, paper, ignore)
                 for report in sorted({p.get("report", "last") for p in matches} or {"last"}):
                     ours = aggregate(key, groups[key], protocol, metric, report)
@@ -232,6 +258,12 @@ def build_table(runs: list[dict[str, Any]], paper: list[dict[str, Any]],
                         table += beside_paper(ours, [p for p in matches
                                                      if p.get("report", "last") == report])
     return table
+
+
+def _metrics(protocol: str, top5: bool) -> tuple[str, ...]:
+    if protocol == "voc07":
+        return VOC07_METRICS
+    return ("top1", "top5") if top5 and protocol != "knn" else ("top1",)
 
 
 def _paper_cell(row: dict[str, Any]) -> str:
@@ -292,8 +324,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                 "results.json), globs, or results.json files")
     parser.add_argument("--paper", default=DEFAULT_PAPER,
                         help="published numbers (default: paper_results.yaml of the repo)")
-    parser.add_argument("--metric", default="both", choices=["knn", "linear", "both"],
-                        help="which protocols to tabulate (default: both)")
+    parser.add_argument("--metric", default="both", choices=sorted(METRIC_PROTOCOLS),
+                        help="which protocols to tabulate (default: both = knn and linear)")
     parser.add_argument("--knn-k", default=20, type=int,
                         help="k of the kNN top-1 to report (default: 20, DINO's)")
     parser.add_argument("--top5", action="store_true", help="also tabulate linear top-5")
@@ -314,8 +346,7 @@ def main(argv: list[str] | None = None) -> str:
     if not paths:
         raise SystemExit(f"error: no results.json under {args.runs}")
     runs = [load_run(p, args.knn_k) for p in paths]
-    protocols = {"knn": ("knn",), "linear": ("linear", "linear-online"),
-                 "both": ("knn", "linear", "linear-online")}[args.metric]
+    protocols = METRIC_PROTOCOLS[args.metric]
     table = build_table(runs, load_paper(args.paper), protocols, args.top5, args.ignore_epochs,
                         args.ignore_batch_size)
     text = format_markdown(table)
