@@ -470,3 +470,50 @@ def test_batch_not_divisible_by_the_world_size_is_a_clear_error(tmp_path):
     console = run(str(tmp_path), "-b", "63", *ddp_flags(), status=1)
     assert "error: -b 63 is not divisible by the 2 processes" in console
     assert "Traceback" not in console
+
+
+# ============ preemption of a whole process group: 2 ranks, loader workers ============
+
+PREEMPT = ["--dataset", "folder", "--img-size", "16", "--train-subset", "0", "-b", "8",
+           "--steps-per-epoch", "0", "--epochs", "2", "--keep-checkpoints", "0", "-j", "2",
+           "--save-freq-steps", "0"]  # fmt: skip
+
+
+def wait_for_line(proc: subprocess.Popen, out: str, text: str) -> None:
+    deadline = time.time() + TIMEOUT
+    while True:
+        with open(os.path.join(out, "console.txt")) as f:
+            if text in f.read():
+                return
+        assert proc.poll() is None, f"run ended before printing {text!r}"
+        assert time.time() < deadline, "run too slow"
+        time.sleep(0.01)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_once_and_resumes(tmp_path):
+    """SIGTERM to every process (launcher, 2 gloo ranks, their 2 loader workers each), as SLURM
+    preemption or `kill -- -PGID` delivers it: the workers ignore it, both ranks finish the same
+    step, exactly one checkpoint is written, every rank exits 75 (so does the launcher), and the
+    requeued run ends where an uninterrupted one ends."""
+    root = str(tmp_path / "tree")
+    for i in range(40):  # 5 steps of 8 per epoch
+        write_image(f"{root}/train/{'cat' if i % 2 else 'dog'}/{i:02d}.jpg", i, size=20)
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "run")
+    with ThreadPoolExecutor(1) as pool:  # the uninterrupted run, meanwhile
+        reference_done = pool.submit(run, ref, *PREEMPT, "--data", root, *ddp_flags())
+        proc = start(out, *PREEMPT, "--data", root, *ddp_flags())
+        wait_for_line(proc, out, "epoch 0 [1/5]")
+        os.killpg(proc.pid, signal.SIGTERM)
+        code, console = finish(proc)
+        assert code == 75, console[-3000:]
+        assert console.count("preempted at epoch 0") == 2, console[-3000:]  # both ranks, one step
+        assert "Traceback" not in console and "killed by signal" not in console
+        saved = list_checkpoints(out)
+        assert len(saved) == 1 and "checkpoint_0000_" in saved[0], saved
+        console = run(out, *PREEMPT, "--data", root, *ddp_flags(), "--resume", "auto")
+        assert f"resumed from {saved[0]}" in console
+        reference_done.result()
+    final = "checkpoint_0002_000000.pth.tar"
+    ours, theirs = (load_checkpoint(os.path.join(d, final)) for d in (out, ref))
+    ours.pop("args"), theirs.pop("args")
+    assert_same(ours, theirs)
