@@ -54,6 +54,9 @@ SMOKE_FLAGS = ["--width", "8", "--moco-dim", "32", "--moco-mlp-dim", "64",
                "--subnet-hidden", "16", "--feature-dim", "16", "--clip-image-size", "32",
                "--local-crops", "2", "--local-crop-size", "16",
                "--mvmr-scale", "1"]  # z / 32 of a 64-wide projector: every distance under the clamp
+# 32-px synthetic images: MV-MR's one-draw augmented representation can be constant over the
+# batch, and its distance correlation 0/0 at step 0
+SMOKE_METHOD_FLAGS = {"mvmr": ["--representations", "pixels,hog,std"]}
 # the forward's own randomness, off for the CPU and DDP comparisons (see the docstring)
 DETERMINISTIC = {"patchmix": ["--mix-num", "1"],
                  "mvmr": ["--representations", "pixels,hog,std"],
@@ -133,6 +136,7 @@ def run_flags(method: str, vit: bool, args, root: str, out: str, amp: str = "fp1
     if args.smoke:
         vit_flags = ["-a", "vit_tiny", "--patch-size", "16"]  # 4 tokens at 32 px
         flags += SMOKE_FLAGS + (vit_flags if "vit" in str(config) else [])
+        flags += SMOKE_METHOD_FLAGS.get(method, [])
     return flags
 
 
