@@ -54,6 +54,12 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                         "the input size, none otherwise")
 
 
+# run args that change the backbone a method builds (models/methods.py backbone_kwargs and its
+# METHOD_BACKBONE stems read them); the pretraining dataset also picks BeCLR's stem
+BACKBONE_SHAPING = ("cifar_stem_padding", "mvmr_small_kernel", "zero_init_residual",
+                    "stop_grad_conv1")
+
+
 def build_encoder(args: Any) -> tuple[nn.Module | Callable[[Tensor], Tensor], dict]:
     """(encoder in eval mode, the encoder's run args) from --pretrained or --random-init.
 
@@ -69,11 +75,14 @@ def build_encoder(args: Any) -> tuple[nn.Module | Callable[[Tensor], Tensor], di
         field = {"projector": lambda o: o.z[0], "subnet": lambda o: o.extras["subnet"][0]}[features]
         return lambda x: field(model([x])), run
     run = {"arch": args.arch, "width": args.width, "img_size": args.img_size,
-           "patch_size": args.patch_size, "method": args.method, "mean": None, "std": None}
+           "patch_size": args.patch_size, "method": args.method, "mean": None, "std": None,
+           "dataset": args.dataset,
+           **{k: getattr(args, k, None) for k in BACKBONE_SHAPING}}
     state = None
     if not args.random_init:
         state, saved = load_backbone(args.pretrained, prefer=args.encoder)
-        run.update({k: saved[k] for k in run if saved.get(k) is not None})
+        # every option that shaped the pretrained backbone, so evaluation rebuilds the same one
+        run.update({k: saved[k] for k in (*run, *BACKBONE_SHAPING) if saved.get(k) is not None})
         run["method"] = saved.get("method")
     run["img_size"] = run["img_size"] or dataset_info(args.dataset).img_size
     backbone, _ = build_backbone(run["arch"], **backbone_kwargs(run))

@@ -360,7 +360,7 @@ def backbone_kwargs(args: dict) -> dict:
     kwargs = dict(img_size=img_size, width=args.get("width", 64), patch_size=patch,
                   stop_grad_conv1=args.get("stop_grad_conv1", False),
                   drop_path=args.get("drop_path", 0.0),
-                  cifar_stem_padding=args.get("cifar_stem_padding", 1))
+                  cifar_stem_padding=args.get("cifar_stem_padding") or 1)
     if args.get("method") in METHOD_BACKBONE:
         kwargs.update(METHOD_BACKBONE[args["method"]](args))
     if args.get("zero_init_residual") is not None:  # the flag wins over the method's default

@@ -196,3 +196,34 @@ def test_contradictory_flags_are_one_line_errors(change, message):
         setattr(args, key, value)
     with pytest.raises(SystemExit, match=message):
         main_lincls.check_args(args)
+
+
+@pytest.mark.parametrize("saved, stem", [
+    ({"method": "beclr", "dataset": "imagenet", "img_size": 224}, (7, True)),  # model_imgnet.py
+    ({"method": "beclr", "dataset": "stl10", "img_size": 96}, (3, False)),  # model.py at 96 px
+    ({"method": "mvmr", "dataset": "stl10", "img_size": 96, "mvmr_small_kernel": False}, (7, True)),
+    ({"method": "simclr", "dataset": "cifar10", "img_size": 32, "cifar_stem_padding": 2}, (3, False)),
+])
+def test_evaluation_rebuilds_the_pretrained_backbone_variant(tmp_path, saved, stem):
+    """Stems decided by the run's dataset or flags (BeCLR, MV-MR small_kernel, solo padding) come
+    back from the checkpoint's args; a CIFAR stem on an ImageNet BeCLR run would load the weights
+    of a 7x7 conv into a 3x3 one (or silently change padding)."""
+    from models.encoder import build_encoder
+    from models.methods import backbone_kwargs
+    from utils.checkpoint import save_atomic
+
+    run = {"arch": "resnet18", "width": 8, **saved}
+    net, _ = build_backbone("resnet18", **backbone_kwargs(run))
+    path = str(tmp_path / "ckpt.pth.tar")
+    save_atomic({"model": {f"backbone.{k}": v for k, v in net.state_dict().items()},
+                 "args": run}, path)
+    args = argparse.Namespace(pretrained=path, random_init=False, encoder="online", arch="resnet50",
+                              width=64, img_size=None, patch_size=None, method=None,
+                              dataset="fashion_mnist", device=torch.device("cpu"))
+    encoder, _ = build_encoder(args)
+    kernel, maxpool = stem
+    assert encoder.conv1.kernel_size == (kernel, kernel)
+    assert encoder.conv1.padding == net.conv1.padding
+    assert isinstance(encoder.maxpool, torch.nn.MaxPool2d) == maxpool
+    for key, value in net.state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key

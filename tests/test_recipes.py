@@ -60,8 +60,10 @@ def shrink(cfg: dict) -> dict:
             out["local_crop_size"] = 2 * VIT_PATCH
     else:
         out.update(arch="resnet18", width=8)
-    if cfg["method"] == "mvmr":
+    if cfg["method"] in ("mvmr", "mvmr_clip"):
         out["proj_dims"] = "256-256-256"  # official 8192-8192-8192 (the default when not set)
+    if cfg["method"] == "mvmr_clip":  # a random CLIP teacher at 32 px: no weight download here
+        out.update(clip_pretrained="none", clip_image_size=32)
     if cfg.get("accum_steps", 1) > 1:  # keep accumulating, on micro-batches of 8
         out["accum_steps"] = 2
     return out
