@@ -378,8 +378,10 @@ def mvmr_stem(args: dict) -> dict:
 
 def beclr_stem(args: dict) -> dict:
     """BeCLR model.py swaps conv1 for a 3x3/1 conv and drops the max-pool for every main.py
-    dataset (STL-10's 96 px included); model_imgnet.py keeps torchvision's stem."""
-    return dict(cifar_stem=args.get("dataset") not in ("imagenet", "in100"))
+    dataset (STL-10's 96 px included); model_imgnet.py keeps torchvision's stem, and so do other
+    datasets above 96 px (a 3x3 stem at 224 px would cost ~16x the compute in layer1)."""
+    imagenet = args.get("dataset") in ("imagenet", "in50", "in100", "in200")
+    return dict(cifar_stem=not imagenet and args["img_size"] <= 96)
 
 
 # backbone options a method fixes, from the run's args: evaluation rebuilds the same backbone
