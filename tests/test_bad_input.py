@@ -166,6 +166,7 @@ def test_debug_shows_the_traceback(files, tmp_path, monkeypatch, capsys, one_thr
         runpy.run_path(os.path.join(ROOT, K), run_name="__main__")
 
 
+@pytest.mark.slow  # the in-process cases cover the same code; this proves the real exit path
 @pytest.mark.parametrize("script,argv,status", [
     (P, ["--config", "{malformed.yaml}"], USAGE),
     (K, ["--pretrained", "{garbage.pth}", *TINY], RUNTIME),
