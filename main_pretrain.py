@@ -139,6 +139,7 @@ def main_worker(gpu, args):
 
     # ============ data ============
     args.img_size = args.img_size or dataset_info(args.dataset).img_size
+    print("views: " + "\n       ".join(method.describe_views(args)))
     probe_view = [original_view(args.img_size)] if args.online_probe else []  # the last view
     loader, augment, info = build_view_loader(args, method.views(args) + probe_view)
     iters = len(loader) // args.accum_steps  # optimizer steps per epoch
@@ -202,9 +203,8 @@ def main_worker(gpu, args):
             record.update(monitor(model_without_ddp, probe, knn_due, eval_loaders, args))
             history.append(record)
         print(f"epoch {epoch + 1}/{args.epochs}  {format_metrics(record)}")
-        if record.get("train_active_frac", 1.0) < 0.1:  # BeCLR's known failure mode
-            print(f"warning: only {100 * record['train_active_frac']:.1f}% of the sub-networks are "
-                  "selected: the Bregman generator is collapsing (lower --lr or --k-subs)")
+        for line in criterion.warnings(stats):  # a loss's known failure modes, in its own words
+            print(f"warning: {line}")
         logger.epoch(record)
         save(epoch + 1, 0)
     wall = time.time() - t0

@@ -10,7 +10,7 @@ every sample (gathered over ranks without gradient) at temperature T; z is the o
 output.
 
 Reads: out.p [2, B, D] (predictor, grad), out.z [2, B, D] (projector, grad through the weights),
-out.k [2, B, D] (momentum keys, no grad), out.extras["labels"] [B] (optional) for the purity metric.
+out.k [2, B, D] (momentum keys, no grad), the optional ``labels`` argument [B] for the purity metric.
 The bank is per rank (no gather before enqueue), as in the official code: ranks see different
 neighbours, so a sharded run equals a 1-process run only when the ranks' banks are equal.
 """
@@ -122,7 +122,7 @@ class SoftNeighbour(ContrastiveLoss):
         self.bank_labels = FeatureQueue(bank_size, 1, init="zeros", gather=False)
         self.bank_labels.bank.fill_(-1)
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         q, q_pre, k = check_views(out.p, out.z, out.k)
         if q.shape[0] != 2:
             raise ValueError(f"SNCLR needs exactly 2 views, got {q.shape[0]}")
@@ -137,7 +137,6 @@ class SoftNeighbour(ContrastiveLoss):
             "acc": (acc_a + acc_b) / 2,
             "w_entropy": ((_entropy(w_a) + _entropy(w_b)) / 2).detach(),
         }
-        labels = out.extras.get("labels")
         if labels is not None:
             metrics["purity"] = (self._purity(idx2, labels) + self._purity(idx1, labels)) / 2
         if self.training:

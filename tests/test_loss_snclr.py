@@ -169,7 +169,7 @@ def test_purity_metric():
     k = bank[1::2].unsqueeze(0).repeat(2, 1, 1)  # neighbours of key b: rows 2b, 2b+1 (label b)
     labels = torch.tensor([0, 1, 7, -1])  # 2 of the 4 queries match both neighbours
     p, z = torch.randn(2, 4, 6, dtype=DT), torch.randn(2, 4, 6, dtype=DT)
-    out = loss(ViewOutputs(p=p, k=k, z=z, extras={"labels": labels}))
+    out = loss(ViewOutputs(p=p, k=k, z=z), labels=labels)
     torch.testing.assert_close(out.metrics["purity"], torch.tensor(0.5))
 
 

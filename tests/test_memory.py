@@ -73,7 +73,7 @@ def test_snapshot_is_a_copy():
 def _step(loss: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     z, p, k = (torch.randn(2, 6, 8, generator=g) for _ in range(3))
-    loss(ViewOutputs(p=p, k=k, z=z, extras={"labels": torch.arange(6) % 3}))
+    loss(ViewOutputs(p=p, k=k, z=z), labels=torch.arange(6) % 3)
 
 
 def _round_trip(make):

@@ -41,10 +41,6 @@ class MetricAverager:
         values = torch.stack([self.sums[n] / self.counts[n] for n in names]).cpu().tolist()
         return dict(zip(names, values))
 
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-
 
 class RunLogger:
     """log.txt (JSON lines, DINO/MAE style) and TensorBoard, written by rank 0 only."""

@@ -169,8 +169,7 @@ class TrainStep:
                     if self.probe is not None:
                         probe_metrics = self.probe.step(self.model.backbone, views.pop(), y)
                     out = self.forward(views)
-                    out.extras["labels"] = y
-                    loss, metrics = self.criterion(out)
+                    loss, metrics = self.criterion(out, labels=y)
                 scaled = loss / n  # the mean of the micro-batch gradients
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
@@ -240,15 +239,6 @@ class TrainStep:
         if self.preemption is None:
             return False
         return self._read_flags([torch.zeros(()), torch.zeros(())])[2]
-
-
-def accumulation_note(args: Any) -> str:
-    """The one-line note on the micro-batch under --accum-steps (or '' without accumulation)."""
-    if args.accum_steps <= 1:
-        return ""
-    return (f"gradient accumulation: {args.accum_steps} micro-batches of {args.batch_size_per_gpu} "
-            f"per process and step (global batch {args.batch_size}); BatchNorm and the loss see "
-            "the micro-batch")
 
 
 def split_batch(args: Any) -> None:
