@@ -73,5 +73,5 @@ def test_indivisible_batch_is_one_line_error(tmp_path):
     proc = run([sys.executable, "main_pretrain.py", *RUN, "-b", "63", "--multiprocessing-distributed",
                 "--nproc-cpu", "2", "--dist-url", f"tcp://127.0.0.1:{free_port()}",
                 "--results_dir", str(tmp_path)])
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # rejected at parse time, before any process starts
     assert "not divisible by the 2 processes" in proc.stdout + proc.stderr

@@ -467,8 +467,8 @@ def test_resume_of_another_method_arch_and_ns_lists_the_mismatches(reference, tm
 
 
 def test_batch_not_divisible_by_the_world_size_is_a_clear_error(tmp_path):
-    console = run(str(tmp_path), "-b", "63", *ddp_flags(), status=1)
-    assert "error: -b 63 is not divisible by the 2 processes" in console
+    console = run(str(tmp_path), "-b", "63", *ddp_flags(), status=2)  # a usage error, at parse
+    assert "the global batch 63 is not divisible by the 2 processes" in console
     assert "Traceback" not in console
 
 
