@@ -238,8 +238,7 @@ def model_and_views(flags: list[str], device: torch.device, batch: int, seed: in
 def loss_and_grads(model, criterion, views, labels) -> tuple[float, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     out = model(views)
-    out.extras["labels"] = labels
-    loss = criterion(out).loss
+    loss = criterion(out, labels=labels).loss
     loss.backward()
     grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
     return float(loss.detach()), torch.cat(grads).double().cpu()
