@@ -124,11 +124,6 @@ def _loader(
     )
 
 
-def first_n(dataset: Any, n: int, seed: int = 0) -> Any:
-    """Old name of `make_subset`: n seeded, class-balanced samples (no longer the first n)."""
-    return make_subset(dataset, n, seed)
-
-
 def _root(args: Any) -> str:
     return args.data  # empty: the dataset's default location (bundled set: datasets/fashion-mnist)
 
