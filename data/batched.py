@@ -182,16 +182,9 @@ def photometric(y: Tensor, spec: ViewSpec, params: ViewParams, hue_impl: str = "
     return y
 
 
-class BatchMultiView(nn.Module):
-    """Fast multi-view augmentation: uint8 [B, 3, H, W] -> list of V normalised float [B, 3, S, S].
-
-    Every sample and view gets independent parameters drawn (from the global torch RNG, or
-    `generator`) from the same distributions as `MultiViewTransform`. Views with the same ViewSpec
-    are augmented in one batched call. The only difference from the reference is numeric: the
-    reference rounds to uint8 after each op, this path stays in float32.
-    """
-
-    sample_params = staticmethod(sample_params)
+class ViewGroups(nn.Module):
+    """The view specs grouped by identical spec (one batched call per group), the normalisation
+    and the hue implementation: what the batched view makers share."""
 
     def __init__(
         self,
@@ -208,6 +201,18 @@ class BatchMultiView(nn.Module):
         for v, spec in enumerate(self.specs):
             groups.setdefault(spec, []).append(v)
         self.groups = list(groups.items())  # (spec, view indices), in order of first appearance
+
+
+class BatchMultiView(ViewGroups):
+    """Fast multi-view augmentation: uint8 [B, 3, H, W] -> list of V normalised float [B, 3, S, S].
+
+    Every sample and view gets independent parameters drawn (from the global torch RNG, or
+    `generator`) from the same distributions as `MultiViewTransform`. Views with the same ViewSpec
+    are augmented in one batched call. The only difference from the reference is numeric: the
+    reference rounds to uint8 after each op, this path stays in float32.
+    """
+
+    sample_params = staticmethod(sample_params)
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:

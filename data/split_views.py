@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from data.batched import photometric
+from data.batched import ViewGroups, photometric
 from data.eval_transforms import _INTERPOLATIONS, _to_float, resize_for_eval
 from data.randaugment import randaugment
 from data.view_params import sample_params
@@ -77,28 +77,12 @@ class GeometricViews:
         return f"GeometricViews({len(self.specs)} views: {self.specs})"
 
 
-class DevicePhotometric(nn.Module):
+class DevicePhotometric(ViewGroups):
     """Device side: list of V uint8 [B, 3, S_v, S_v] -> list of V normalised float [B, 3, S_v, S_v].
 
     Parameters come from `sample_params` (the global RNG, or `generator`), so every rate and range
     is the ViewSpec's; crop boxes are drawn too (and unused) so the stream is `BatchMultiView`'s.
     """
-
-    def __init__(
-        self,
-        specs: Sequence[ViewSpec],
-        mean: Sequence[float],
-        std: Sequence[float],
-        hue_impl: str = "float",
-    ):
-        super().__init__()
-        self.specs, self.hue_impl = tuple(specs), hue_impl
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        groups: dict[ViewSpec, list[int]] = {}
-        for v, spec in enumerate(self.specs):
-            groups.setdefault(spec, []).append(v)
-        self.groups = list(groups.items())  # (spec, view indices), in order of first appearance
 
     @torch.no_grad()
     def forward(
