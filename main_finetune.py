@@ -23,12 +23,29 @@ from data.loaders import build_eval_loaders, resolve_info
 from models.encoder import add_encoder_args, build_encoder, inherit_normalisation
 from utils import dist
 from utils.args import add_common_args, parse_with_config
-from utils.checkpoint import (check_compatible, checkpoint_path, find_resume, list_checkpoints,
-                              load_checkpoint, prune_checkpoints, restore_training_state,
-                              save_atomic, training_state)
-from utils.finetune import (Classifier, accuracy, build_criterion, build_ema, build_mixup,
-                            build_optimizer, build_scheduler, set_drop_path, set_lr,
-                            unfreeze_pos_embed)
+from utils.checkpoint import (
+    check_compatible,
+    checkpoint_path,
+    find_resume,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_training_state,
+    save_atomic,
+    training_state,
+)
+from utils.finetune import (
+    Classifier,
+    accuracy,
+    build_criterion,
+    build_ema,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    set_drop_path,
+    set_lr,
+    unfreeze_pos_embed,
+)
 from utils.knn import encoder_in_eval, extract_features
 from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
 from utils.misc import bool_flag, probability, seed_everything, to_device

@@ -15,6 +15,7 @@ The official trainer forwards each view separately (BN statistics per view); so 
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

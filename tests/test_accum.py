@@ -10,7 +10,6 @@ separable case is the one where the equality is literal.
 
 import argparse
 import copy
-import os
 
 import numpy as np
 import torch

@@ -25,8 +25,14 @@ import main_finetune
 from models.vits import VisionTransformer
 from utils.args import parse_with_config
 from utils.checkpoint import list_checkpoints, load_checkpoint
-from utils.finetune import (Classifier, build_ema, build_mixup, build_optimizer, build_scheduler,
-                            set_lr)
+from utils.finetune import (
+    Classifier,
+    build_ema,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    set_lr,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "datasets", "fashion-mnist")

@@ -19,8 +19,8 @@ from fractions import Fraction
 
 import pytest
 import torch
-from torch import nn
 from test_recipes import COMMANDS
+from torch import nn
 
 from data.datasets import dataset_info
 from models import build_backbone
