@@ -43,7 +43,7 @@ class TwoViewNet(nn.Module):
 class PerSampleLoss(nn.Module):
     """mean_b ||p0_b - p1_b||^2: a mean of per-sample terms, no batch statistics."""
 
-    def forward(self, out: ViewOutputs) -> LossOutput:
+    def forward(self, out: ViewOutputs, labels: torch.Tensor | None = None) -> LossOutput:
         loss = (out.p[0] - out.p[1]).pow(2).sum(-1).mean()
         return LossOutput(loss, {"term": loss.detach()})
 
