@@ -124,7 +124,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the raw model)")
     g.add_argument("--model-ema-decay", default=0.99996, type=float)
     g = parser.add_argument_group("run control")
-    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16", "bf16-native"],
                    help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU")
     g.add_argument("--resume", default="",
                    help="checkpoint path, or 'auto' (newest in --results_dir)")

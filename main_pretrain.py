@@ -22,7 +22,7 @@ from utils import dist
 from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config
 from utils.checkpoint import resume_run, save_checkpoint
 from utils.knn import encoder_in_eval, extract_features, knn_classify
-from utils.logger import MetricAverager, RunLogger, format_metrics, log_run_args
+from utils.logger import MetricAverager, Progress, RunLogger, format_metrics, log_run_args
 from utils.misc import bool_flag, probability, seed_everything, to_device
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
@@ -95,9 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="lr schedule sized in optimizer steps, or in micro-batches but stepped per "
                         "optimizer step (MV-MR's Lightning run: N times slower)")
     g = parser.add_argument_group("speed")
-    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16 and fp16 "
-                        "(slow) also run on CPU")
+    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16", "bf16-native"],
+                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16-native = bf16 "
+                        "where the device has bf16 units (CUDA, AVX512-BF16/AMX CPUs), else off")
     g.add_argument("--amp-init-scale", default=2.0**16, type=float,
                    help="first fp16 loss scale of the GradScaler (default: 65536)")
     g.add_argument("--max-overflows", default=20, type=int,
@@ -194,7 +194,9 @@ def main_worker(gpu, args):
     history, t0, images_seen, eval_loaders = [], time.time(), 0, {}
     for epoch in range(start["epoch"], args.epochs):
         loader.sampler.set_epoch(epoch, start["step"] * args.batch_size_per_gpu * args.accum_steps)
-        stats = train_one_epoch(step, loader, schedules, epoch, iters, start["step"], save, args)
+        progress = Progress(iters, args.batch_size, args.print_freq, args.log_freq, logger, device)
+        stats = train_one_epoch(step, loader, schedules, epoch, iters, start["step"], save,
+                                progress, args)
         images_seen += stats.pop("images")
         start["step"] = 0
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in stats.items()}}
@@ -228,12 +230,13 @@ def prepare_views(augment, x, args) -> list:
     return views
 
 
-def train_one_epoch(step, loader, schedules, epoch, iters, first, save, args):
+def train_one_epoch(step, loader, schedules, epoch, iters, first, save, progress, args):
     step.forward.train()
     step.criterion.train()
     meter, images = MetricAverager(), 0
     with epoch_batches(loader, args.accum_steps) as groups:  # workers stop on a SystemExit
         for i, batches in zip(range(first, iters), groups):
+            progress.batch_ready()
             it = epoch * iters + i  # global optimizer step: every schedule is indexed by it
             set_lr_wd(step.optimizer, schedules["lr"][it], schedules["wd"][it])
             if hasattr(step.model, "update_momentum"):  # before the forward, as moco-v3
@@ -246,9 +249,9 @@ def train_one_epoch(step, loader, schedules, epoch, iters, first, save, args):
                 preempted(save, epoch, i + 1)
             if args.save_freq_steps and (i + 1) % args.save_freq_steps == 0 and i + 1 < iters:
                 save(epoch, i + 1)
-            if i % args.print_freq == 0:
-                print(f"epoch {epoch} [{i}/{iters}] lr {schedules['lr'][it]:.3g}{step.status()} "
-                      f"{format_metrics(meter.averages())}")
+            progress.step_done(epoch, i, it, {} if result["skipped"] else result["metrics"],
+                               {k: float(schedules[k][it]) for k in ("lr", "wd", "m")},
+                               step.status)
     return {**meter.averages(), "lr": float(schedules["lr"][epoch * iters + iters - 1]),
             "images": images}
 

@@ -79,7 +79,7 @@ def pretrain(out: str, method: str, steps: int, *extra: str) -> None:
     were measured at)."""
     run("main_pretrain.py", *bundled(method), *TINY, "-b", "128", "--epochs", "1", "--train-subset",
         "0", "--steps-per-epoch", str(steps), "--warmup-epochs", "0.05", "--knn-freq", "0",
-        "--seed", "0", "--amp", "bf16", "--print-freq", "100", "--results_dir", out, *extra)
+        "--seed", "0", "--amp", "bf16-native", "--print-freq", "100", "--results_dir", out, *extra)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -72,7 +72,13 @@ def add_checkpoint_and_monitor_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
     g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
                    help="a non-finite loss or gradient stops the run, or skips the step (counted)")
-    g.add_argument("--print-freq", default=50, type=int)
+    g.add_argument("--print-freq", default=50, type=int,
+                   help="a progress line (ETA, img/s, data and step time, losses) every N steps")
+    g.add_argument("--log-freq", default=10, type=int,
+                   help="TensorBoard scalars of the loss terms, lr, wd, momentum and speed every N "
+                        "steps (0 = per epoch only)")
+    g.add_argument("--verbose", action="store_true", help="print every argument at the start "
+                                                          "(they are always in args.json)")
     g.add_argument("--knn-freq", default=0, type=int, help="kNN monitor every N epochs (0 = off)")
     g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor")
     g.add_argument("--knn-t", default=0.1, type=float, help="temperature of the kNN monitor")

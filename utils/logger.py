@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -12,9 +14,11 @@ from utils.misc import git_sha
 
 
 def log_run_args(args, main_process: bool) -> None:
-    """Print the commit and every argument, and (main process) save them as args.json."""
+    """Save every argument as args.json (main process); print them only with --verbose."""
     os.makedirs(args.results_dir, exist_ok=True)
-    print(f"git {git_sha()}\n" + "\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+    print(f"git {git_sha()}; arguments in {os.path.join(args.results_dir, 'args.json')}")
+    if getattr(args, "verbose", False):
+        print("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     if main_process:
         with open(os.path.join(args.results_dir, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=1, default=str)
@@ -75,6 +79,48 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class Progress:
+    """The DeiT/DINO MetricLogger line every `print_freq` steps: step/total, ETA, the mean loss and
+    terms since the last line, lr, img/s, data and step time (a data-bound run shows data close to
+    step), max memory on CUDA; TensorBoard scalars every `log_freq` steps. Metrics stay on the
+    device between reads: one device-to-host copy per line or scalar write, none per step."""
+
+    def __init__(self, iters: int, batch: int, print_freq: int, log_freq: int, logger: RunLogger,
+                 device: torch.device):
+        self.iters, self.batch, self.print_freq, self.log_freq = iters, batch, print_freq, log_freq
+        self.logger, self.cuda = logger, device.type == "cuda"
+        self.window, self.data_s, self.step_s, self.steps = MetricAverager(), 0.0, 0.0, 0
+        self.last = self.ready = time.time()
+
+    def batch_ready(self) -> None:
+        self.ready = time.time()
+
+    def step_done(self, epoch: int, i: int, it: int, metrics: dict, scalars: dict,
+                  status=lambda: "") -> None:
+        now = time.time()
+        self.data_s, self.step_s = self.data_s + self.ready - self.last, self.step_s + now - self.ready
+        self.last, self.steps = now, self.steps + 1
+        self.window.update(metrics)
+        printing = self.print_freq and i % self.print_freq == 0
+        logging = self.log_freq and it % self.log_freq == 0 and self.logger.writer is not None
+        if not (printing or logging):
+            return
+        means, seconds = self.window.averages(), max(self.data_s + self.step_s, 1e-9)
+        speed = {"img_per_s": self.steps * self.batch / seconds,
+                 "data_s": self.data_s / self.steps, "step_s": self.step_s / self.steps}
+        if logging:
+            self.logger.scalars({f"step/{k}": v for k, v in {**means, **scalars, **speed}.items()},
+                                it)
+        if printing:
+            eta = datetime.timedelta(seconds=int(seconds / self.steps * (self.iters - i - 1)))
+            memory = (f"  mem {torch.cuda.max_memory_allocated() / 2**20:.0f}MB" if self.cuda
+                      else "")
+            print(f"epoch {epoch} [{i}/{self.iters}]  eta {eta}  lr {scalars['lr']:.3g}  "
+                  f"{speed['img_per_s']:.0f} img/s  data {speed['data_s']:.3f}s  step "
+                  f"{speed['step_s']:.3f}s{memory}{status()}  {format_metrics(means)}")
+        self.window, self.data_s, self.step_s, self.steps = MetricAverager(), 0.0, 0.0, 0
 
 
 def format_metrics(values: dict[str, float]) -> str:

@@ -31,7 +31,21 @@ def amp_dtype(args: Any) -> torch.dtype | None:
     choice = args.amp
     if choice == "auto":
         choice = "fp16" if args.device.type == "cuda" else "off"
+    if choice == "bf16-native":  # bf16 only where it is fast; emulated bf16 costs ~10x fp32
+        choice = "bf16" if native_bf16(args.device) else "off"
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """CUDA, or a CPU with bf16 units (AVX512-BF16 or AMX): where bf16 autocast is fast."""
+    if device.type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        flags = ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def amp_context(args: Any) -> contextlib.AbstractContextManager:
