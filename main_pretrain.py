@@ -22,7 +22,8 @@ from utils import dist
 from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config
 from utils.checkpoint import resume_run, save_checkpoint
 from utils.knn import encoder_in_eval, extract_features, knn_classify
-from utils.logger import MetricAverager, Progress, RunLogger, format_metrics, log_run_args
+from utils.logger import (MetricAverager, Progress, RunLogger, format_metrics, log_run_args,
+                          run_summary)
 from utils.misc import bool_flag, probability, seed_everything, to_device
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
@@ -144,6 +145,7 @@ def main_worker(gpu, args):
     loader, augment, info = build_view_loader(args, method.views(args) + probe_view)
     iters = len(loader) // args.accum_steps  # optimizer steps per epoch
     iters = min(iters, args.steps_per_epoch) if args.steps_per_epoch else iters
+    print(run_summary(args, iters))
 
     # ============ model ============
     model = build_model(args)[0].to(device)

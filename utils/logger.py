@@ -24,6 +24,17 @@ def log_run_args(args, main_process: bool) -> None:
             json.dump(vars(args), f, indent=1, default=str)
 
 
+def run_summary(args, iters: int) -> str:
+    """What a run is, in three lines: method and model, data, optimisation and where it goes."""
+    classes = len(getattr(args, "class_names", None) or []) or "?"
+    return (f"run: {args.method}, {args.arch}, {args.dataset} ({getattr(args, 'pretrain_images', '?')} "
+            f"images, {classes} classes, {args.img_size} px, {args.num_views} views)\n"
+            f"     global batch {args.batch_size} ({args.world_size} process(es) x "
+            f"{args.batch_size_per_gpu} x {args.accum_steps} accumulation), lr {args.lr_effective:.3g} "
+            f"(= {args.lr:g} x {args.batch_size} / 256), {args.epochs} epochs x {iters} steps\n"
+            f"     device {args.device}, amp {args.amp}, results in {args.results_dir}")
+
+
 class MetricAverager:
     """Accumulates detached tensors on the device; reads them back (one sync) only when asked."""
 
