@@ -88,7 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "all, as DSF does; LARS excludes them itself)")
     g.add_argument("--clip-grad", default=0.0, type=float, help="max grad norm (0 = off)")
     g.add_argument("--momentum-per-epoch", default=False, type=bool_flag,
-                   help="reproduce PatchMix's once-per-epoch momentum update (methods.md §9.6-1)")
+                   help="reproduce PatchMix's once-per-epoch momentum update (docs/methods.md §9.6-1)")
     g.add_argument("--accum-steps", default=1, type=int,
                    help="micro-batches per optimizer step; -b stays the global batch of one step "
                         "(default: 1; raise when -b does not fit in memory)")

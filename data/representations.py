@@ -2,7 +2,7 @@
 
 vkinakh/mv-mr ``src/model/self_supervised_module.py::_step_dc`` (which representation, and the /32
 "FP16 trick"), ``src/model/hog.py::HOGLayer`` (HOG) and ``src/utils/utils.py::std_filter_torch``
-(local standard deviation); methods.md §7.2 and §7.6. Every function maps a batch of images
+(local standard deviation); docs/methods.md §7.2 and §7.6. Every function maps a batch of images
 im [B, C, H, W] to a tensor [B, ...] with no gradient; the loss flattens it.
 
     pixels   im / 32                                              [B, C, H, W]
@@ -59,7 +59,7 @@ def hog(im: Tensor, nbins: int = 24, pool: int = 8, official_binning: bool = Tru
     """HOG per colour channel (official HOGLayer): [B, C, H, W] -> [B, C*nbins, H/pool, W/pool].
 
     Orientation atan2(g0, g1) is scaled to phase/pi*nbins and wrapped mod nbins (unsigned, [0, pi)).
-    official_binning=True reproduces the official scatter (methods.md §7.6-3): the floor bin is set
+    official_binning=True reproduces the official scatter (docs/methods.md §7.6-3): the floor bin is set
     to the magnitude m, then 1 - m is added to the ceil bin, so a pixel whose phase lands on a bin
     edge (flat regions included) puts exactly 1 in that bin. False is a proper linear interpolation
     (floor bin m (1 - f), ceil bin m f, f the fractional part). Cells: pool x pool averages (floor).
@@ -169,7 +169,7 @@ def _needs_augment(name: str, per_sample: bool) -> Callable[[Tensor, Callable | 
 
 
 # name -> fn(im [B, C, H, W], augment) -> [B, ...]. The first five are the official terms, in the
-# official order; the last two switch the oddities of methods.md §7.6-2/3 off.
+# official order; the last two switch the oddities of docs/methods.md §7.6-2/3 off.
 REPRESENTATIONS: dict[str, Callable[[Tensor, Callable | None], Tensor]] = {
     "pixels": lambda im, augment: pixels(im),
     "scatnet": lambda im, augment: scatnet(im),

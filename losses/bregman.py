@@ -130,7 +130,7 @@ def beclr_loss(out: Tensor, feat: Tensor, temperature: float, sigma: float = 0.9
 def selection_stats(winners: Tensor, k_subs: int) -> tuple[Tensor, Tensor]:
     """(sub-networks that win at least one row, entropy in nats of the win histogram).
 
-    Replaces the official ``num_max`` (a CPU identity indexed by device indices, methods.md
+    Replaces the official ``num_max`` (a CPU identity indexed by device indices, docs/methods.md
     §6.5-1) by counts on the input's device (scatter_add_: a CUDA bincount reads its max back to
     the host). Shapes: winners, long indices in [0, k_subs).
     """

@@ -5,7 +5,7 @@ augmented embedding and hand-crafted representations of the original image.
         + sign \cdot \sum_r dCor(\phi_r(x_o), z/s)
 
 with dCor the (V-statistic) distance correlation over the batch, s = 32 and sign = +1 as the
-official code has it (the paper says "maximise dependence", i.e. sign = -1; methods.md §7.6-1).
+official code has it (the paper says "maximise dependence", i.e. sign = -1; docs/methods.md §7.6-1).
 
 Source: Kinakh, Drozdova, Voloshynovskiy, "MV-MR: multi-views and multi-representations for
 self-supervised learning and knowledge distillation" (arXiv:2303.12130); vkinakh/mv-mr

@@ -11,7 +11,7 @@ Source: Jeon789/DSF ``utils/models/dsf.py`` (``DSF_KLD_MoCov3``, ``DSF_KLD``), `
 (``MoCo_DSF.contrastive_loss``), ``mocov2_cifar.py`` (``ModelMoCo_DSF.contrastive_loss``).
 Reads: out.p [2 ns, B, D] (online outputs, grad) and out.k [2 ns, B, D] (momentum keys), side-major.
 The vMF terms are computed in float32 (float64 stays float64) with autocast off, as R -> 1 makes
-kappa large and half precision cannot hold the 1e-8 clamp (methods.md §5.6-4).
+kappa large and half precision cannot hold the 1e-8 clamp (docs/methods.md §5.6-4).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def dsf_logits(q: Tensor, k: Tensor, r_bar_coeff: float = 0.95, kappa_normalizat
     """-KL(X_i || Y_j) / kld_t for every query set i and key set j (MoCo v3 DSF).
 
     bessel_sign="official" copies ``DSF_KLD_MoCov3``'s ``- log(S_Y/S_X)`` in T2; "correct" uses
-    ``+ log(S_Y/S_X)``, the sign the Debye expansion gives (methods.md §5.6-1). The two logits
+    ``+ log(S_Y/S_X)``, the sign the Debye expansion gives (docs/methods.md §5.6-1). The two logits
     differ by 2 log(S_Y/S_X) / kld_t, small since S = 1 + O(1/v). k is used as given (no gather).
 
     Shapes: q [ns, B, D], k [ns, M, D] (unnormalised) -> logits [B, M].

@@ -6,7 +6,7 @@ MoCo v3 (facebookresearch/moco-v3, ``moco/builder.py::contrastive_loss``), for V
 
 with k gathered over ranks without gradient. For V = 2 this is exactly ``ctr(q1, k2) + ctr(q2, k1)``.
 
-SimCLR NT-Xent (methods.md §3; solo-learn's multi-view form), over the N = V B anchors z_a:
+SimCLR NT-Xent (docs/methods.md §3; solo-learn's multi-view form), over the N = V B anchors z_a:
 
     L = -mean_a log( \sum_{p \in pos(a)} e^{s_ap} / \sum_{c \ne a} e^{s_ac} ),  s = norm(z) norm(z)^T / T
 

@@ -8,7 +8,7 @@ Contrastive Learning"; visresearch/patchmix ``main_pretrain.py::train_epoch``, `
 
 q1 = online(x1), k1, k2 = momentum(x1), momentum(x2), mk1 = momentum(mix(x1)), mq2 =
 online(mix(x2)), l_c / ml_c = online(local crop c / its mix). I_eps = (1 - eps) I + eps/N carries
-the official code's hidden eps = 0.1 (methods.md §9.6-6; ``smoothing=0`` gives one-hot targets).
+the official code's hidden eps = 0.1 (docs/methods.md §9.6-6; ``smoothing=0`` gives one-hot targets).
 Y_mix puts 1/m on each source image of a mixed image, Y_mixmix [0.25, 0.5, 0.25] on the
 overlapping neighbours (m = 2; see patchmix_targets). Columns are global (row g of rank r is column
 g + B r, N = B W). The original-to-original term runs one way only, q1 -> k2 (§9.6-2).
@@ -50,7 +50,7 @@ def patchmix_targets(batch: int, m: int, smoothing: float, like: Tensor,
         every other entry eps/N.
 
     As the official ``scatter_``, a column listed twice (B < 2m - 1) keeps one value instead of
-    their sum (methods.md §9.6-4); ``accumulate=True`` adds them, so every row sums to 1 for any
+    their sum (docs/methods.md §9.6-4); ``accumulate=True`` adds them, so every row sums to 1 for any
     B. m = 1 gives an unmixed batch's targets: both are then the smoothed identity I_eps.
     """
     rank, num_classes = dist.get_rank(), batch * dist.get_world_size()
@@ -148,7 +148,7 @@ class PatchMix(ContrastiveLoss):
     Args:
         temperature: softmax temperature T (0.2 in every official config).
         smoothing: label smoothing of the original-to-original targets (0.1, the official code's
-            hidden default, methods.md §9.6-6; 0 gives plain one-hot targets).
+            hidden default, docs/methods.md §9.6-6; 0 gives plain one-hot targets).
         m: images per mixed image; must equal the builder's mix_num (2 officially).
         mix_smoothing: label smoothing of the mixed targets (the config's ``smoothing``, 0.0).
         accumulate: sum repeated target columns (differs from the official only if B < 2m - 1).

@@ -1,6 +1,6 @@
 r"""SNCLR soft-neighbour InfoNCE (Ge et al., ICLR 2023; ChongjianGE/SNCLR, builder_snclr_factor.py).
 
-For a query q_b with momentum key k_b and its K nearest bank entries n_b1..n_bK (methods.md §8.3):
+For a query q_b with momentum key k_b and its K nearest bank entries n_b1..n_bK (docs/methods.md §8.3):
 
     L = 2T mean_b [ -log p_b(k_b) - \sum_t w_bt log p_b(n_bt) ]
     w_bt = softmax_t( norm(z_b) . norm(n_bt) )
@@ -80,7 +80,7 @@ def snclr_loss(
     threshold: bool = False,
     detach_weights: bool = False,
 ) -> Tensor:
-    """SNCLR soft-neighbour loss for one direction (methods.md §8.3).
+    """SNCLR soft-neighbour loss for one direction (docs/methods.md §8.3).
 
     Shapes: q [B, D] predictor outputs, q_pre [B, D] projector outputs, key [B, D] raw momentum
     keys, neighbours [B, K, D] raw bank rows. Keys and neighbours are constants; the weights carry

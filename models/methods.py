@@ -76,7 +76,7 @@ def is_vit(args: argparse.Namespace) -> bool:
 
 def mocov3_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int,
                    **kwargs) -> MoCoV3:
-    """MoCo v3 heads (methods.md §1.1): ViT 3-layer projector; ResNet 2-layer, predictor w/o last BN."""
+    """MoCo v3 heads (docs/methods.md §1.1): ViT 3-layer projector; ResNet 2-layer, predictor w/o last BN."""
     vit = is_vit(args)
     return MoCoV3(backbone, feat_dim, dim=args.moco_dim, mlp_dim=args.moco_mlp_dim,
                   proj_layers=3 if vit else 2, pred_layers=2, proj_last_bn=True, pred_last_bn=vit,
@@ -91,7 +91,7 @@ def simclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int)
 
 
 def nnclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> SimCLR:
-    """NNCLR heads (methods.md §4); each view forwarded separately (BN per view, as solo-learn)."""
+    """NNCLR heads (docs/methods.md §4); each view forwarded separately (BN per view, as solo-learn)."""
     projector, predictor = nnclr_heads(feat_dim, hidden=args.proj_hidden_dim,
                                        pred_hidden=args.pred_hidden_dim, out=args.proj_dim)
     return SimCLR(backbone, feat_dim, projector, predictor)
@@ -117,7 +117,7 @@ def beclr_temperature(args: argparse.Namespace) -> float:
 
 
 def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMR:
-    """MV-MR (methods.md §7.1): official projector; representations of the original view.
+    """MV-MR (docs/methods.md §7.1): official projector; representations of the original view.
     The stem and zero-init come from mvmr_stem (METHOD_BACKBONE), so evaluation rebuilds them."""
     unknown = sorted(set(args.mvmr_reps) - set(REPRESENTATIONS))
     if unknown:
@@ -239,7 +239,7 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                    help="divide every kappa by the embedding dim D (default: True, DSF's)")
     g.add_argument("--bessel-sign", default=None, choices=["official", "correct"],
                    help="sign of log(S_Y/S_X) in the Debye expansion. Default: each variant's "
-                        "official code: dsf 'official' (the MoCo v3 code's '-', methods.md "
+                        "official code: dsf 'official' (the MoCo v3 code's '-', docs/methods.md "
                         "5.6-1), mocov2_dsf 'correct' ('+', which that code already uses)")
     g = parser.add_argument_group("MoCo v2 CIFAR (mocov2, mocov2_dsf)")
     g.add_argument("--moco-k", default=4096, type=int,
@@ -370,7 +370,7 @@ def backbone_kwargs(args: dict) -> dict:
 
 def mvmr_stem(args: dict) -> dict:
     """MV-MR's ResNet: 3x3/1 conv1 with the max-pool KEPT for STL/CIFAR (official small_kernel),
-    zero_init_residual=True (methods.md §7.1)."""
+    zero_init_residual=True (docs/methods.md §7.1)."""
     small = args.get("mvmr_small_kernel")
     return dict(cifar_stem=args["img_size"] <= 96 if small is None else small, keep_maxpool=True,
                 zero_init_residual=True)

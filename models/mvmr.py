@@ -1,6 +1,6 @@
 """MV-MR builder: one encoder for the original and the augmented view, plus hand-crafted
 representations of the original view in ``extras`` (vkinakh/mv-mr ``src/model/resnet.py``
-``ResnetMultiProj`` and ``self_supervised_module.py::step``; methods.md §7.1).
+``ResnetMultiProj`` and ``self_supervised_module.py::step``; docs/methods.md §7.1).
 
 Both views go through the same backbone and projector with gradient (no stop-gradient, no
 momentum encoder), one forward per view (BatchNorm statistics per view), augmented view first as

@@ -1,4 +1,4 @@
-"""BeCLR: naive loop references from methods.md §6 (float64), closed forms, gradients, gloo."""
+"""BeCLR: naive loop references from docs/methods.md §6 (float64), closed forms, gradients, gloo."""
 
 from __future__ import annotations
 

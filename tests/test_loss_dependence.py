@@ -1,4 +1,4 @@
-"""MV-MR (losses/dependence.py, models/mvmr.py): naive-loop references written from methods.md §7.2,
+"""MV-MR (losses/dependence.py, models/mvmr.py): naive-loop references written from docs/methods.md §7.2,
 closed forms, invariances, gradient flow, AMP, and 2-process gloo == 1 process."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DSF (losses/dsf.py) against a naive per-pair loop written from methods.md §5.2-5.3 (float64)."""
+"""DSF (losses/dsf.py) against a naive per-pair loop written from docs/methods.md §5.2-5.3 (float64)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from losses.mocov2 import mocov2_loss
 
 
 def naive_vmf(crops: list[torch.Tensor], c: float, normalize_kappa: bool):
-    """(mu, kappa, R) of one image's crops, one float at a time (methods.md §5.2 steps 1-2)."""
+    """(mu, kappa, R) of one image's crops, one float at a time (docs/methods.md §5.2 steps 1-2)."""
     dim = crops[0].numel()
     mean = sum(x / x.norm() for x in crops) / len(crops)
     r = float(mean.norm()) * c

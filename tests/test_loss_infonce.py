@@ -1,4 +1,4 @@
-"""MoCo v3 InfoNCE and SimCLR NT-Xent against naive loops written from methods.md §2-§3."""
+"""MoCo v3 InfoNCE and SimCLR NT-Xent against naive loops written from docs/methods.md §2-§3."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""losses/patchmix.py and models/patchmix.py against a naive reading of methods.md §9."""
+"""losses/patchmix.py and models/patchmix.py against a naive reading of docs/methods.md §9."""
 
 from __future__ import annotations
 

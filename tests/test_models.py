@@ -253,7 +253,7 @@ def linear_count(mlp: nn.Sequential) -> int:
 
 
 def test_mocov3_head_depths_follow_the_backbone_family():
-    """methods.md §1.1: ViT projector 3 layers, ResNet 2; the ResNet predictor has no last BN."""
+    """docs/methods.md §1.1: ViT projector 3 layers, ResNet 2; the ResNet predictor has no last BN."""
     resnet, vit = tiny_moco("resnet18"), tiny_moco("vit_tiny")
     assert (linear_count(resnet.projector), linear_count(resnet.predictor)) == (2, 2)
     assert (linear_count(vit.projector), linear_count(vit.predictor)) == (3, 2)

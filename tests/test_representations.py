@@ -17,7 +17,7 @@ W = (1.0, 2.0, 1.0)  # Sobel smoothing weights
 
 # ---------------------------------------------------------------- naive HOG (python loops)
 def naive_hog(im: torch.Tensor, nbins: int, pool: int, official: bool = True) -> torch.Tensor:
-    """One channel [H, W] -> [nbins, H//pool, W//pool], from methods.md §7.2 / §7.6-3."""
+    """One channel [H, W] -> [nbins, H//pool, W//pool], from docs/methods.md §7.2 / §7.6-3."""
     h, w = im.shape
 
     def px(i, j):  # zero padding

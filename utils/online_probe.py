@@ -1,9 +1,9 @@
 """Online linear probe: a classifier trained during pretraining on detached backbone features.
 
-MV-MR's `OnlineFineTuner` (methods.md §7.4): Linear(feat_dim, C), Adam lr 1e-4, one step per
-training step on the backbone features of the NON-augmented view, computed in eval mode (BN running
-statistics, as the PyTorch Lightning callback does) and without gradient, so the probe never
-changes the encoder. Any method can use it (`main_pretrain.py --online-probe true`).
+MV-MR's `OnlineFineTuner` (docs/methods.md §7.4): Linear(feat_dim, C), Adam lr 1e-4, one step per
+training step on the backbone features of the NON-augmented view, computed without gradient and in
+eval mode (BN running statistics), so the probe never changes the encoder; the official callback
+runs the encoder in train mode (docs/methods.md §7.4), which also moves its BN statistics. Any method can use it (`main_pretrain.py --online-probe true`).
 
 We feed it the labels of the training batch (MV-MR iterates a separate labelled loader): the
 images are the same, the RNG stream of the training run is untouched, and resume stays exact.

@@ -28,7 +28,7 @@ def momentum_schedule(m0: float, epochs: int, iters_per_epoch: int, cosine: bool
                       per_epoch: bool = False) -> np.ndarray:
     """EMA momentum per iteration: m(t) = 1 - (1 + cos(pi t / E)) / 2 * (1 - m0) (moco-v3 --moco-m-cos).
 
-    per_epoch=True reproduces PatchMix's shadowed-index bug (methods.md §9.6-1): t = epoch + 1 / iters,
+    per_epoch=True reproduces PatchMix's shadowed-index bug (docs/methods.md §9.6-1): t = epoch + 1 / iters,
     so the momentum changes once per epoch.
     """
     total = epochs * iters_per_epoch
