@@ -103,21 +103,19 @@ class _ColorJitter(v2.ColorJitter):
         return y[0].mul_(255).round_().to(torch.uint8)
 
 
+def random_resized_crop(spec: ViewSpec) -> v2.RandomResizedCrop:
+    """The view's crop as torchvision draws it: the per-sample and split placements share it."""
+    return v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio,
+                                interpolation=_INTERPOLATIONS[spec.interpolation], antialias=True)
+
+
 def _reference_view(
     spec: ViewSpec, mean: Sequence[float], std: Sequence[float], hue_impl: str = "float"
 ) -> v2.Compose:
     if not spec.crop:
         ops: list[Any] = [_EvalResize(spec.size, None, True, spec.interpolation)]
     else:
-        ops = [
-            v2.RandomResizedCrop(
-                spec.size,
-                scale=spec.scale,
-                ratio=spec.ratio,
-                interpolation=_INTERPOLATIONS[spec.interpolation],
-                antialias=True,
-            )
-        ]
+        ops = [random_resized_crop(spec)]
         if spec.randaugment_p > 0:
             ra = v2.RandAugment(spec.randaugment_ops, spec.randaugment_magnitude)
             ops.append(v2.RandomApply([ra], p=spec.randaugment_p))

@@ -29,7 +29,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from data.batched import ViewGroups, photometric
-from data.eval_transforms import _INTERPOLATIONS, _to_float, resize_for_eval
+from data.eval_transforms import _to_float, resize_for_eval
+from data.per_sample import random_resized_crop
 from data.randaugment import randaugment
 from data.view_params import sample_params
 from data.views import ViewSpec
@@ -48,15 +49,7 @@ def _as_uint8_chw(img: Image.Image | Tensor) -> Tensor:
 def _geometric_view(spec: ViewSpec) -> Any:
     if not spec.crop:  # the un-augmented view: resize only, as the other placements
         return lambda x: resize_for_eval(x, spec.size, interpolation=spec.interpolation)
-    ops: list[Any] = [
-        v2.RandomResizedCrop(
-            spec.size,
-            scale=spec.scale,
-            ratio=spec.ratio,
-            interpolation=_INTERPOLATIONS[spec.interpolation],
-            antialias=True,
-        )
-    ]
+    ops: list[Any] = [random_resized_crop(spec)]
     if spec.flip_p > 0 and spec.randaugment_p == 0:  # with RandAugment: flipped on the device
         ops.append(v2.RandomHorizontalFlip(p=spec.flip_p))
     return v2.Compose(ops)
