@@ -137,8 +137,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    if not args.pretrained and not args.random_init:
-        raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
     try:
         dist.launch(main_worker, args)
     except (DatasetError, FileNotFoundError) as e:  # bad data: one line, not a traceback

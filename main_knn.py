@@ -51,8 +51,6 @@ def main(args: argparse.Namespace) -> None:
 
 def main_worker(gpu, args):
     dist.init(gpu, args)
-    if not args.pretrained and not args.random_init:
-        raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
     seed_everything(args.seed if args.seed is not None else 0)  # the random-init baseline repeats
     t0 = time.time()
     knn = KNN_SIMILARITIES.get(args.similarity)  # None: cosine

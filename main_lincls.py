@@ -73,15 +73,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
+    check_args(args)  # before any process starts
     dist.launch(main_worker, args)
 
 
 def check_args(args) -> None:
-    if not args.pretrained and not args.random_init:
-        raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
-    if args.batch_size % args.world_size:
-        raise SystemExit(f"error: -b {args.batch_size} is not a multiple of the {args.world_size} "
-                         "processes; use a multiple")
     if args.epochs < 1:
         raise SystemExit(f"error: --epochs {args.epochs}: the probe needs at least one epoch")
     if args.lr_schedule == "step" and not args.lr_steps:
@@ -95,7 +91,6 @@ def check_args(args) -> None:
 
 def main_worker(gpu, args):
     dist.init(gpu, args)
-    check_args(args)
     seed_everything(args.seed if args.seed is not None else 0)  # same head init on every rank
     t0 = time.time()
     # ============ frozen encoder and data ============

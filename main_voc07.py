@@ -225,8 +225,6 @@ def main(args: argparse.Namespace) -> None:
 
 def main_worker(gpu, args):
     dist.init(gpu, args)
-    if not args.pretrained and not args.random_init:
-        raise SystemExit("error: give --pretrained CHECKPOINT or --random-init")
     seed_everything(args.seed)
     t0 = time.time()
     # ============ data ============
