@@ -142,7 +142,7 @@ def selection_stats(winners: Tensor, k_subs: int) -> tuple[Tensor, Tensor]:
     return (counts > 0).sum().float(), entropy
 
 
-class BeCLR(ContrastiveLoss):
+class BeCLRLoss(ContrastiveLoss):
     """BeCLR loss. Reads out.extras["subnet"] [2, B, K] (grad) and out.p [2, B, D] (grad).
 
     Metrics: ``loss_bregman`` and ``loss_ntxent`` (the two terms), ``active_subs`` (sub-networks
@@ -179,4 +179,4 @@ class BeCLR(ContrastiveLoss):
 
 
 __all__ = ["bregman_distance", "bregman_similarity", "bregman_nt_xent", "cosine_nt_xent",
-           "beclr_loss", "selection_stats", "BeCLR"]
+           "beclr_loss", "selection_stats", "BeCLRLoss"]

@@ -176,7 +176,7 @@ def dsf_queue_logits(q: Tensor, k: Tensor, queue: Tensor, r_bar_coeff: float = 0
     return -(t[0] + t[1] + t[2]) / kld_t
 
 
-class DSF(ContrastiveLoss):
+class DSFLoss(ContrastiveLoss):
     """MoCo v3 DSF: dsf_loss(p[:ns], k[ns:]) + dsf_loss(p[ns:], k[:ns]), ns = V / 2.
 
     Reads out.p [2 ns, B, D] (online predictor outputs; first ns rows = branch 1) and
@@ -201,7 +201,7 @@ class DSF(ContrastiveLoss):
         return LossOutput(loss12 + loss21, {n: (m12[n] + m21[n]) / 2 for n in m12})
 
 
-class DSFQueue(ContrastiveLoss):
+class DSFQueueLoss(ContrastiveLoss):
     """MoCo v2 CIFAR DSF: CE([-KL(X_i||Y_i) | -KL(X_i||Z_k)] / kld_t, 0), queue of mean directions.
 
     symmetric=False (official default): out.p [ns, B, D] holds the query crops (branch 1) and out.k
@@ -231,7 +231,7 @@ class DSFQueue(ContrastiveLoss):
     def forward(self, out: ViewOutputs, labels: Tensor | None = None) -> LossOutput:
         p, k = check_views(out.p, out.k)
         if p.shape[0] != k.shape[0] or (self.symmetric and p.shape[0] % 2):
-            raise ValueError(f"DSFQueue(symmetric={self.symmetric}) got {p.shape[0]} query and "
+            raise ValueError(f"DSFQueueLoss(symmetric={self.symmetric}) got {p.shape[0]} query and "
                              f"{k.shape[0]} key views: check the builder's symmetric flag")
         queue = self.queue.snapshot()  # every direction sees the queue before this step's keys
         if self.symmetric:
@@ -249,4 +249,4 @@ class DSFQueue(ContrastiveLoss):
         return LossOutput(loss, metrics)
 
 
-__all__ = ["vmf_params", "dsf_logits", "dsf_loss", "dsf_queue_logits", "DSF", "DSFQueue"]
+__all__ = ["vmf_params", "dsf_logits", "dsf_loss", "dsf_queue_logits", "DSFLoss", "DSFQueueLoss"]

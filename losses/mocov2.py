@@ -37,7 +37,7 @@ def mocov2_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.1) -
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-class MoCoV2(ContrastiveLoss):
+class MoCoV2Loss(ContrastiveLoss):
     """MoCo v2 with a FIFO queue of ``queue_size`` normalised keys (gathered over ranks).
 
     symmetric=False (the CIFAR demo's and DSF's default): p [1, B, D] = queries of view 1,
@@ -62,7 +62,7 @@ class MoCoV2(ContrastiveLoss):
         p, k = check_views(out.p, out.k)
         views = 2 if self.symmetric else 1
         if p.shape[0] != views or k.shape[0] != views:
-            raise ValueError(f"MoCoV2(symmetric={self.symmetric}) needs p and k of {views} "
+            raise ValueError(f"MoCoV2Loss(symmetric={self.symmetric}) needs p and k of {views} "
                              f"view(s), got {p.shape[0]} and {k.shape[0]}: check the builder's "
                              "flag")
         queue = self.queue.snapshot()  # both directions see the queue before this step's keys
@@ -78,4 +78,4 @@ class MoCoV2(ContrastiveLoss):
         return LossOutput(loss, {"acc": acc})
 
 
-__all__ = ["mocov2_logits", "mocov2_loss", "MoCoV2"]
+__all__ = ["mocov2_logits", "mocov2_loss", "MoCoV2Loss"]

@@ -120,7 +120,7 @@ def mvmr_loss(z: Tensor, z_orig: Tensor, reps: Reps, std_margin: float = 1.0, sc
     return combine_terms(mvmr_terms(z, z_orig, reps, std_margin, scale), representation_sign)
 
 
-class MVMR(ContrastiveLoss):
+class MVMRLoss(ContrastiveLoss):
     """MV-MR loss. Reads out.p [2, B, D] (view 0 = original, view 1 = augmented) and the
     out.extras entries whose keys start with "rep_" ([B, *] each). Metrics: every term."""
 
@@ -141,4 +141,4 @@ class MVMR(ContrastiveLoss):
         return LossOutput(loss, {k: v.detach() for k, v in terms.items()})
 
 
-__all__ = ["MVMR", "distance_correlation", "mvmr_loss", "mvmr_terms", "pairwise_distance"]
+__all__ = ["MVMRLoss", "distance_correlation", "mvmr_loss", "mvmr_terms", "pairwise_distance"]

@@ -57,7 +57,7 @@ def _nnclr_terms(nn: Tensor, p: Tensor, temperature: float) -> tuple[Tensor, Ten
     return loss_a / 2 + loss_b / 2, (acc_a + acc_b) / 2
 
 
-class NNCLR(ContrastiveLoss):
+class NNCLRLoss(ContrastiveLoss):
     """NNCLR loss owning its support set (solo-learn: normalised z of view 0, gathered over ranks).
 
     Args:

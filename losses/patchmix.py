@@ -142,7 +142,7 @@ def _total(terms: dict[str, Tensor]) -> Tensor:
     return total
 
 
-class PatchMix(ContrastiveLoss):
+class PatchMixLoss(ContrastiveLoss):
     """PatchMix objective over the outputs of models.patchmix.PatchMixMoCo (see module docstring).
 
     Args:
@@ -177,4 +177,4 @@ class PatchMix(ContrastiveLoss):
         return LossOutput(_total(terms), metrics)
 
 
-__all__ = ["soft_contrastive", "patchmix_targets", "PatchMix"]
+__all__ = ["soft_contrastive", "patchmix_targets", "PatchMixLoss"]

@@ -93,7 +93,7 @@ def _entropy(w: Tensor) -> Tensor:
     return -(w * w.clamp_min(1e-12).log()).sum(-1).mean()
 
 
-class SoftNeighbour(ContrastiveLoss):
+class SNCLRLoss(ContrastiveLoss):
     """SNCLR loss owning a per-rank bank of raw momentum keys (view-2 keys enqueued each step).
 
     Args:

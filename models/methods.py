@@ -19,14 +19,15 @@ from data.datasets import dataset_info
 from data.representations import REPRESENTATIONS, batch_augment, compute_representations
 from data.views import Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
-from losses.bregman import BeCLR, bregman_similarity
-from losses.dependence import MVMR as MVMRLoss
-from losses.dsf import DSF, DSFQueue
-from losses.infonce import InfoNCE, NTXent
-from losses.mocov2 import MoCoV2
-from losses.nnclr import NNCLR
-from losses.patchmix import PatchMix
-from losses.soft_neighbour import SoftNeighbour
+from losses.beclr import BeCLRLoss, bregman_similarity
+from losses.dsf import DSFLoss, DSFQueueLoss
+from losses.mocov2 import MoCoV2Loss
+from losses.mocov3 import MoCoV3Loss
+from losses.mvmr import MVMRLoss
+from losses.nnclr import NNCLRLoss
+from losses.patchmix import PatchMixLoss
+from losses.simclr import SimCLRLoss
+from losses.snclr import SNCLRLoss
 from models import build_backbone
 from models.beclr import BeCLRNet
 from models.moco import MoCoV3
@@ -161,20 +162,20 @@ def mocov2_cifar_builder(args: argparse.Namespace, backbone: nn.Module,
 
 METHODS: dict[str, Method] = {
     "mocov3": Method("MoCo v3 (Chen, Xie, He 2021): InfoNCE between predictor and momentum keys",
-                     mocov3_builder, lambda a: InfoNCE(a.moco_t)),
+                     mocov3_builder, lambda a: MoCoV3Loss(a.moco_t)),
     "simclr": Method("SimCLR (Chen et al. 2020): NT-Xent over all views, negatives from all ranks",
-                     simclr_builder, lambda a: NTXent(a.moco_t)),
+                     simclr_builder, lambda a: SimCLRLoss(a.moco_t)),
     "nnclr": Method("NNCLR (Dwibedi et al. 2021): InfoNCE with the positive swapped for its "
                     "nearest neighbour in a support set", nnclr_builder,
-                    lambda a: NNCLR(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim)),
+                    lambda a: NNCLRLoss(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim)),
     "snclr": Method("SNCLR (Ge et al. 2023): MoCo v3 InfoNCE plus soft-weighted bank neighbours as "
                     "positives", mocov3_builder,
-                    lambda a: SoftNeighbour(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
-                                            dim=a.moco_dim, threshold=a.threshold,
-                                            detach_weights=a.detach_weights)),
+                    lambda a: SNCLRLoss(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
+                                        dim=a.moco_dim, threshold=a.threshold,
+                                        detach_weights=a.detach_weights)),
     "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
                     "NT-Xent", beclr_builder,
-                    lambda a: BeCLR(beclr_temperature(a), a.sigma, a.mixed_loss),
+                    lambda a: BeCLRLoss(beclr_temperature(a), a.sigma, a.mixed_loss),
                     # the official Trainer.bregman_sim monitor on the sub-network outputs
                     KnnSimilarity("bregman", "subnet",
                                   lambda a: partial(bregman_similarity, sigma=a.sigma))),
@@ -184,25 +185,25 @@ METHODS: dict[str, Method] = {
                                                    representation_sign=a.mvmr_rep_sign)),
     "patchmix": Method("PatchMix (Shen et al. 2023): soft-target contrasts between patch-mixed and "
                        "original images", patchmix_builder,
-                       lambda a: PatchMix(temperature=a.moco_t, smoothing=a.src_smoothing,
-                                          m=a.mix_num, mix_smoothing=a.mix_smoothing,
-                                          accumulate=a.mix_accumulate)),
+                       lambda a: PatchMixLoss(temperature=a.moco_t, smoothing=a.src_smoothing,
+                                              m=a.mix_num, mix_smoothing=a.mix_smoothing,
+                                              accumulate=a.mix_accumulate)),
     "dsf": Method(
         "DSF (Jeon et al. 2025): CE over -KL between the vMF fits of each image's ns crops",
         dsf_builder,
-        lambda a: DSF(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
-                      kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official")),
+        lambda a: DSFLoss(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
+                          kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official")),
     "mocov2": Method(
         "MoCo v2, CIFAR demo (Chen et al. 2020): InfoNCE against a queue of past keys",
         mocov2_cifar_builder,
-        lambda a: MoCoV2(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
-                         symmetric=a.symmetric)),
+        lambda a: MoCoV2Loss(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
+                             symmetric=a.symmetric)),
     "mocov2_dsf": Method(
         "DSF on MoCo v2 CIFAR: CE over [-KL(X||Y) | -KL(X||queue of mean directions)]",
         mocov2_cifar_builder,
-        lambda a: DSFQueue(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
-                           kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
-                           bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric)),
+        lambda a: DSFQueueLoss(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
+                               kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
+                               bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric)),
     "mvmr_clip": Method("MV-MR distillation (Kinakh et al. 2023): MV-MR with a frozen CLIP image "
                         "encoder's embedding as the representation (1 - dCor with it)",
                         lambda a, b, d: mvmr_clip_builder(a, b, d),  # defined below

@@ -1,7 +1,7 @@
 """MoCo v3 builder: online backbone + projector + predictor, and an EMA (momentum) copy.
 
 Follows facebookresearch/moco-v3 ``moco/builder.py`` (``MoCo``, ``_update_momentum_encoder``), with
-the loss moved out (losses/infonce.py) and the EMA update made an explicit call of the train loop.
+the loss moved out (losses/mocov3.py) and the EMA update made an explicit call of the train loop.
 
 Hooks for subclasses (PatchMix, DSF, SNCLR, ...), all overridable:
     forward_online(x) -> (h, z, p)   one online pass over a batch [N, C, H, W]

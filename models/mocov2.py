@@ -3,7 +3,7 @@
 ResNet (CIFAR stem) with SplitBatchNorm, head Linear(f, f) -> ReLU -> Linear(f, dim) with biases
 (512 -> 512 -> 128 for ResNet-18), a momentum copy updated by ``update_momentum(m)`` (parameters
 only; the official CIFAR code uses a constant m = 0.99), and ShuffleBN on the key encoder.
-Computes no loss: ``losses.mocov2.MoCoV2`` and ``losses.dsf.DSFQueue`` score its outputs.
+Computes no loss: ``losses.mocov2.MoCoV2Loss`` and ``losses.dsf.DSFQueueLoss`` score its outputs.
 
 Views are side-major ``[branch 1 x ns, branch 2 x ns]``; each branch is one forward whose rows are
 image-major (image b's ns crops are rows b ns ... b ns + ns - 1), as the official ``view(bs*ns)``.

@@ -29,7 +29,7 @@ from models.moco import MoCoV3
 
 
 class PatchMixMoCo(MoCoV3):
-    """MoCo v3 plus PatchMix's mixed views. Emits what losses.patchmix.PatchMix reads.
+    """MoCo v3 plus PatchMix's mixed views. Emits what losses.patchmix.PatchMixLoss reads.
 
     Args:
         backbone, feat_dim, **moco_kwargs: as :class:`models.moco.MoCoV3` (dim, mlp_dim, head

@@ -18,7 +18,7 @@ from test_reliability import ITERS, assert_same_run, kill_and_resume, pytestmark
 from torch import nn
 
 from losses.base import LossOutput, ViewOutputs
-from losses.infonce import NTXent
+from losses.simclr import SimCLRLoss
 from utils.schedules import training_schedules
 from utils.training import TrainStep, micro_batches
 
@@ -68,7 +68,7 @@ def grads_after_step(model, criterion, batches, accum, **kw) -> list[torch.Tenso
 
 def test_accumulated_gradient_is_the_mean_of_micro_batch_gradients():
     torch.manual_seed(0)
-    model, criterion, n = TwoViewNet(batch_norm=True), NTXent(0.5), 3
+    model, criterion, n = TwoViewNet(batch_norm=True), SimCLRLoss(0.5), 3
     micro = split(batch(12, 1), n)
     reference = [torch.zeros_like(p) for p in model.parameters()]
     for views, _ in micro:  # naive loop: a fresh copy per micro-batch, gradients averaged

@@ -11,8 +11,8 @@ from helpers import run_gloo
 from torch import nn
 
 from losses.base import ViewOutputs
-from losses.bregman import (
-    BeCLR,
+from losses.beclr import (
+    BeCLRLoss,
     beclr_loss,
     bregman_distance,
     bregman_nt_xent,
@@ -123,7 +123,7 @@ def test_closed_form_all_logits_equal():
 
 def test_loss_class_metrics_and_value():
     out, feat = inputs(k=12)
-    crit = BeCLR(temperature=0.5, sigma=0.9)
+    crit = BeCLRLoss(temperature=0.5, sigma=0.9)
     res = crit(ViewOutputs(p=feat, extras={"subnet": out}))
     torch.testing.assert_close(res.loss, beclr_loss(out, feat, 0.5, 0.9))
     winners = torch.cat([out[0], out[1]]).argmax(1)
@@ -148,14 +148,14 @@ def test_selection_stats_collapse_and_uniform():
 def test_loss_rejects_missing_subnet_and_wrong_views():
     out, feat = inputs()
     with pytest.raises(ValueError, match="subnet"):
-        BeCLR()(ViewOutputs(p=feat))
+        BeCLRLoss()(ViewOutputs(p=feat))
     with pytest.raises(ValueError, match="2 views"):
         bregman_nt_xent(torch.cat([out, out]), 0.5)
 
 
 def test_half_precision_is_upcast():
     out, feat = inputs()
-    got = BeCLR()(ViewOutputs(p=feat.half(), extras={"subnet": out.half()})).loss
+    got = BeCLRLoss()(ViewOutputs(p=feat.half(), extras={"subnet": out.half()})).loss
     assert got.dtype == torch.float32
     want = beclr_loss(out.half().double(), feat.half().double(), 0.5)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
@@ -166,10 +166,10 @@ def test_gradients_reach_out_and_feat():
     out, feat = inputs()
     out.requires_grad_(True)
     feat.requires_grad_(True)
-    BeCLR()(ViewOutputs(p=feat, extras={"subnet": out})).loss.backward()
+    BeCLRLoss()(ViewOutputs(p=feat, extras={"subnet": out})).loss.backward()
     assert out.grad.abs().sum() > 0 and feat.grad.abs().sum() > 0
     feat.grad = None
-    BeCLR(mixed=False)(ViewOutputs(p=feat, extras={"subnet": out})).loss.backward()
+    BeCLRLoss(mixed=False)(ViewOutputs(p=feat, extras={"subnet": out})).loss.backward()
     assert feat.grad is None  # without the mixed term the projection gets no gradient from the loss
 
 
@@ -200,7 +200,7 @@ def _sharded(rank: int, world_size: int, out: torch.Tensor, feat: torch.Tensor):
     batch = out.shape[1] // world_size
     o = out[:, rank * batch:(rank + 1) * batch].clone().requires_grad_(True)
     f = feat[:, rank * batch:(rank + 1) * batch].clone().requires_grad_(True)
-    res = BeCLR(temperature=0.5)(ViewOutputs(p=f, extras={"subnet": o}))
+    res = BeCLRLoss(temperature=0.5)(ViewOutputs(p=f, extras={"subnet": o}))
     res.loss.backward()
     return res.loss.detach(), o.grad, f.grad, res.metrics
 
@@ -208,7 +208,7 @@ def _sharded(rank: int, world_size: int, out: torch.Tensor, feat: torch.Tensor):
 def test_two_process_equals_one_process():
     out, feat = inputs(batch=6, k=9)
     out1, feat1 = out.clone().requires_grad_(True), feat.clone().requires_grad_(True)
-    res = BeCLR(temperature=0.5)(ViewOutputs(p=feat1, extras={"subnet": out1}))
+    res = BeCLRLoss(temperature=0.5)(ViewOutputs(p=feat1, extras={"subnet": out1}))
     res.loss.backward()
     ranks = run_gloo(_sharded, out, feat)
     world = len(ranks)
@@ -280,7 +280,7 @@ def test_model_on_a_suite_backbone():
     model = BeCLRNet(backbone, feat_dim, feature_dim=16, k_subs=5, subnet_hidden=8)
     out = model([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)])
     assert out.h.shape == (2, 4, feat_dim) and out.extras["subnet"].shape == (2, 4, 5)
-    res = BeCLR()(out)
+    res = BeCLRLoss()(out)
     res.loss.backward()
     assert model.subnets.fc1_weight.grad.abs().sum() > 0
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
@@ -290,7 +290,7 @@ def test_learning_smoke():
     """A few SGD steps on fixed views lower the loss (dropout off: a deterministic objective)."""
     backbone, feat_dim = _tiny_backbone()
     model = BeCLRNet(backbone, feat_dim, feature_dim=16, k_subs=8, subnet_hidden=16, dropout=0.0)
-    crit = BeCLR(temperature=0.5)
+    crit = BeCLRLoss(temperature=0.5)
     images = torch.randn(8, 3, 8, 8)
     views = [images + 0.1 * torch.randn_like(images), images + 0.1 * torch.randn_like(images)]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.dsf import DSF, DSFQueue, dsf_logits, dsf_loss, dsf_queue_logits, vmf_params
+from losses.dsf import DSFLoss, DSFQueueLoss, dsf_logits, dsf_loss, dsf_queue_logits, vmf_params
 from losses.mocov2 import mocov2_loss
 
 # ---------------------------------------------------------------- naive reference (python loops)
@@ -183,7 +183,7 @@ def test_dsf_loss_is_ce_over_naive_logits():
 @pytest.mark.parametrize("ns", [1, 8])
 def test_dsf_module_sums_two_directions(ns):
     p, k = correlated(2 * ns, 6, 16), correlated(2 * ns, 6, 16)
-    out = DSF(r_bar_coeff=0.9)(ViewOutputs(p=p, k=k))
+    out = DSFLoss(r_bar_coeff=0.9)(ViewOutputs(p=p, k=k))
     want = dsf_loss(p[:ns], k[ns:], r_bar_coeff=0.9) + dsf_loss(p[ns:], k[:ns], r_bar_coeff=0.9)
     torch.testing.assert_close(out.loss, want)
     assert set(out.metrics) == {"acc", "kappa_q", "kappa_k", "r_bar", "t1", "t2", "t3"}
@@ -193,13 +193,13 @@ def test_dsf_module_sums_two_directions(ns):
 
 def test_dsf_rejects_odd_view_count():
     with pytest.raises(ValueError, match="2 x ns"):
-        DSF()(ViewOutputs(p=rand(3, 4, 8), k=rand(3, 4, 8)))
+        DSFLoss()(ViewOutputs(p=rand(3, 4, 8), k=rand(3, 4, 8)))
 
 
 def test_gradient_reaches_p_not_k():
     p = correlated(8, 6, 16).requires_grad_()
     k = correlated(8, 6, 16).requires_grad_()
-    DSF()(ViewOutputs(p=p, k=k)).loss.backward()
+    DSFLoss()(ViewOutputs(p=p, k=k)).loss.backward()
     assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     assert k.grad is None
 
@@ -207,8 +207,8 @@ def test_gradient_reaches_p_not_k():
 def test_batch_permutation_invariance():
     p, k = correlated(4, 6, 16), correlated(4, 6, 16)
     perm = torch.randperm(6)
-    a = DSF()(ViewOutputs(p=p, k=k)).loss
-    b = DSF()(ViewOutputs(p=p[:, perm], k=k[:, perm])).loss
+    a = DSFLoss()(ViewOutputs(p=p, k=k)).loss
+    b = DSFLoss()(ViewOutputs(p=p[:, perm], k=k[:, perm])).loss
     torch.testing.assert_close(a, b)
 
 
@@ -218,7 +218,7 @@ def test_large_kappa_and_r_to_one_stay_finite(norm):
     base = torch.randn(1, 6, 64)
     p = base.repeat(8, 1, 1).requires_grad_()
     k = (base + 1e-3 * torch.randn(8, 6, 64))
-    out = DSF(r_bar_coeff=1.0, kappa_normalization=norm)(ViewOutputs(p=p, k=k))
+    out = DSFLoss(r_bar_coeff=1.0, kappa_normalization=norm)(ViewOutputs(p=p, k=k))
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(p.grad).all()
     assert out.metrics["kappa_q"] > 1e4
@@ -228,7 +228,7 @@ def test_cancelling_crops_kappa_zero_stays_finite():
     """Antipodal crops: the mean is 0, so R = kappa = 0; the KAPPA_MIN guard keeps logs finite."""
     x = torch.randn(1, 4, 16)
     p = torch.cat([x, -x, x, -x]).requires_grad_()  # branch 1 crops cancel, branch 2 too
-    out = DSF()(ViewOutputs(p=p, k=torch.randn(4, 4, 16)))
+    out = DSFLoss()(ViewOutputs(p=p, k=torch.randn(4, 4, 16)))
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(p.grad).all()
 
@@ -236,16 +236,16 @@ def test_cancelling_crops_kappa_zero_stays_finite():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_upcast(dtype):
     p, k = correlated(4, 4, 16).to(dtype), correlated(4, 4, 16).to(dtype)
-    out = DSF()(ViewOutputs(p=p, k=k))
+    out = DSFLoss()(ViewOutputs(p=p, k=k))
     assert out.loss.dtype == torch.float32
-    ref = DSF()(ViewOutputs(p=p.float(), k=k.float())).loss
+    ref = DSFLoss()(ViewOutputs(p=p.float(), k=k.float())).loss
     torch.testing.assert_close(out.loss, ref)
 
 
 def test_loss_decreases_under_sgd():
     p = correlated(4, 8, 16).requires_grad_()
     k = correlated(4, 8, 16)
-    crit, opt = DSF(), torch.optim.SGD([p], lr=0.5)
+    crit, opt = DSFLoss(), torch.optim.SGD([p], lr=0.5)
     first = None
     for _ in range(10):
         loss = crit(ViewOutputs(p=p, k=k)).loss
@@ -285,7 +285,7 @@ def test_queue_ns1_is_mocov2_infonce_at_temperature_one_over_kappa():
     """ns = 1: one kappa everywhere and APK = 1, so the CE is InfoNCE with T = 1/kappa."""
     q, k = rand(1, 6, 16), rand(1, 6, 16)
     queue = F.normalize(rand(9, 16), dim=-1)
-    crit = DSFQueue(queue_size=9, dim=16).double()
+    crit = DSFQueueLoss(queue_size=9, dim=16).double()
     crit.queue.bank.copy_(queue)
     c = 0.95
     kappa = c * (16 - c**2) / (1 - c**2) / 16
@@ -295,7 +295,7 @@ def test_queue_ns1_is_mocov2_infonce_at_temperature_one_over_kappa():
 
 def test_queue_module_enqueues_mean_directions():
     q, k = correlated(3, 4, 16), correlated(3, 4, 16)
-    crit = DSFQueue(queue_size=8, dim=16).double()
+    crit = DSFQueueLoss(queue_size=8, dim=16).double()
     before = crit.queue.bank.clone()
     out = crit(ViewOutputs(p=q, k=k))
     want = F.cross_entropy(naive_queue_logits(q, k, before), torch.zeros(4, dtype=torch.long))
@@ -312,7 +312,7 @@ def test_queue_module_enqueues_mean_directions():
 def test_queue_symmetric_two_directions_and_enqueue_order():
     ns = 2
     p, k = correlated(2 * ns, 4, 16), correlated(2 * ns, 4, 16)
-    crit = DSFQueue(queue_size=16, dim=16, symmetric=True).double()
+    crit = DSFQueueLoss(queue_size=16, dim=16, symmetric=True).double()
     queue = crit.queue.bank.clone()
     out = crit(ViewOutputs(p=p, k=k))
     zeros = torch.zeros(4, dtype=torch.long)
@@ -327,7 +327,7 @@ def test_queue_symmetric_two_directions_and_enqueue_order():
 def test_queue_gradient_reaches_p_not_k():
     p = correlated(4, 4, 16).requires_grad_()
     k = correlated(4, 4, 16).requires_grad_()
-    out = DSFQueue(queue_size=8, dim=16).double()(ViewOutputs(p=p, k=k))
+    out = DSFQueueLoss(queue_size=8, dim=16).double()(ViewOutputs(p=p, k=k))
     out.loss.backward()
     assert p.grad.abs().sum() > 0 and k.grad is None
     assert set(out.metrics) >= {"acc", "kappa_q", "kappa_k", "r_bar", "t1", "t2", "t3"}
@@ -340,10 +340,10 @@ def _gloo_dsf(rank, world_size, p, k, q2, k2, queue):
     half = p.shape[1] // world_size
     rows = slice(rank * half, (rank + 1) * half)
     p_local = p[:, rows].clone().requires_grad_()
-    loss = DSF()(ViewOutputs(p=p_local, k=k[:, rows])).loss
+    loss = DSFLoss()(ViewOutputs(p=p_local, k=k[:, rows])).loss
     loss.backward()
     q_local = q2[:, rows].clone().requires_grad_()
-    crit = DSFQueue(queue_size=queue.shape[0], dim=queue.shape[1]).double()
+    crit = DSFQueueLoss(queue_size=queue.shape[0], dim=queue.shape[1]).double()
     crit.queue.bank.copy_(queue)
     queue_loss = crit(ViewOutputs(p=q_local, k=k2[:, rows])).loss
     queue_loss.backward()
@@ -358,10 +358,10 @@ def test_two_processes_equal_one():
     results = run_gloo(_gloo_dsf, p, k, q2, k2, queue)
 
     p_full = p.clone().requires_grad_()
-    loss = DSF()(ViewOutputs(p=p_full, k=k)).loss
+    loss = DSFLoss()(ViewOutputs(p=p_full, k=k)).loss
     loss.backward()
     q_full = q2.clone().requires_grad_()
-    crit = DSFQueue(queue_size=16, dim=16).double()
+    crit = DSFQueueLoss(queue_size=16, dim=16).double()
     crit.queue.bank.copy_(queue)
     queue_loss = crit(ViewOutputs(p=q_full, k=k2)).loss
     queue_loss.backward()

@@ -11,7 +11,7 @@ from helpers import run_gloo
 from torch import nn
 
 from losses.base import ViewOutputs
-from losses.mocov2 import MoCoV2, mocov2_logits, mocov2_loss
+from losses.mocov2 import MoCoV2Loss, mocov2_logits, mocov2_loss
 from models import build_backbone
 from models.mocov2 import (
     MoCoV2CIFAR,
@@ -66,8 +66,8 @@ def test_collinear_closed_form():
                                                                       dtype=torch.float64))
 
 
-def _module(queue: torch.Tensor, symmetric: bool = False) -> MoCoV2:
-    crit = MoCoV2(temperature=0.1, queue_size=queue.shape[0], dim=queue.shape[1],
+def _module(queue: torch.Tensor, symmetric: bool = False) -> MoCoV2Loss:
+    crit = MoCoV2Loss(temperature=0.1, queue_size=queue.shape[0], dim=queue.shape[1],
                   symmetric=symmetric).double()
     crit.queue.bank.copy_(queue)
     return crit
@@ -228,17 +228,17 @@ def test_model_rejects_odd_views():
 
 
 def test_model_feeds_dsf_and_mocov2_losses():
-    from losses.dsf import DSFQueue
+    from losses.dsf import DSFQueueLoss
 
     model = _model()
     out = model(_views(4))
-    loss = DSFQueue(queue_size=32, dim=16)(out).loss
+    loss = DSFQueueLoss(queue_size=32, dim=16)(out).loss
     loss.backward()
     assert torch.isfinite(loss)
     assert model.backbone.conv1.weight.grad is not None
     assert model.momentum_backbone.conv1.weight.grad is None
     out = _model(symmetric=True)(_views(2, batch=16))  # >= 2 rows per split at 1x1 layer4
-    assert torch.isfinite(MoCoV2(queue_size=32, dim=16, symmetric=True)(out).loss)
+    assert torch.isfinite(MoCoV2Loss(queue_size=32, dim=16, symmetric=True)(out).loss)
 
 
 # ---------------------------------------------------------------- 2 processes == 1 process

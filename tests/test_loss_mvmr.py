@@ -1,4 +1,4 @@
-"""MV-MR (losses/dependence.py, models/mvmr.py): naive-loop references written from docs/methods.md §7.2,
+"""MV-MR (losses/mvmr.py, models/mvmr.py): naive-loop references written from docs/methods.md §7.2,
 closed forms, invariances, gradient flow, AMP, and 2-process gloo == 1 process."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from helpers import run_gloo
 
 from data.representations import compute_representations
 from losses.base import ViewOutputs
-from losses.dependence import MVMR, distance_correlation, mvmr_loss, mvmr_terms
-from models.mvmr import MVMR as MVMRModel
-from models.mvmr import build_projector
+from losses.mvmr import MVMRLoss, distance_correlation, mvmr_loss, mvmr_terms
+from models.mvmr import MVMR, build_projector
 
 F64 = torch.float64
 
@@ -169,7 +168,7 @@ def test_criterion_reads_views_and_extras():
     out = ViewOutputs(p=torch.stack([z_orig, z]).requires_grad_(True),
                       extras={"rep_pixels": reps[0], "rep_hog": reps[1],
                               "labels": torch.arange(6)})  # labels: not a representation
-    criterion = MVMR(std_margin=1.0)
+    criterion = MVMRLoss(std_margin=1.0)
     loss, metrics = criterion(out)
     ref = mvmr_loss(z, z_orig, {"pixels": reps[0], "hog": reps[1]})
     torch.testing.assert_close(loss, ref)
@@ -215,7 +214,7 @@ def _sharded_worker(rank: int, world_size: int, z, z_orig, reps):
     rows = slice(rank * b, (rank + 1) * b)
     p = torch.stack([z_orig[rows], z[rows]]).clone().requires_grad_(True)
     extras = {f"rep_{i}": r[rows] for i, r in enumerate(reps)}
-    loss, metrics = MVMR()(ViewOutputs(p=p, extras=extras))
+    loss, metrics = MVMRLoss()(ViewOutputs(p=p, extras=extras))
     loss.backward()
     return loss.detach(), p.grad, metrics
 
@@ -223,7 +222,7 @@ def _sharded_worker(rank: int, world_size: int, z, z_orig, reps):
 def test_two_ranks_equal_one_process():
     z, z_orig, reps = _inputs(n=8)
     p = torch.stack([z_orig, z]).requires_grad_(True)
-    loss, metrics = MVMR()(ViewOutputs(p=p, extras={f"rep_{i}": r for i, r in enumerate(reps)}))
+    loss, metrics = MVMRLoss()(ViewOutputs(p=p, extras={f"rep_{i}": r for i, r in enumerate(reps)}))
     loss.backward()
     results = run_gloo(_sharded_worker, z, z_orig, reps, world_size=2)
     losses = torch.stack([r[0] for r in results])
@@ -247,7 +246,7 @@ def _tiny_resnet():
 def test_builder_outputs_and_gradients():
     backbone, feat = _tiny_resnet()
     reps = partial(compute_representations, names=["pixels", "hog", "std"])
-    model = MVMRModel(backbone, feat, proj_dims="32-32-16", representations=reps)
+    model = MVMR(backbone, feat, proj_dims="32-32-16", representations=reps)
     assert isinstance(model.backbone.maxpool, torch.nn.MaxPool2d)  # kept, unlike the CIFAR stem
     assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
     assert all((blk.bn2.weight == 0).all() for blk in model.backbone.layer1)  # zero_init_residual
@@ -258,7 +257,7 @@ def test_builder_outputs_and_gradients():
     assert set(out.extras) == {"rep_pixels", "rep_hog", "rep_std"}
     assert out.extras["rep_hog"].shape == (4, 3 * 24, 2, 2)
     assert not any(v.requires_grad for v in out.extras.values())
-    loss, _ = MVMR()(out)
+    loss, _ = MVMRLoss()(out)
     loss.backward()
     assert x_orig.grad.abs().sum() > 0 and x_aug.grad.abs().sum() > 0  # no stop-gradient
     assert model.projector[0].weight.grad is not None

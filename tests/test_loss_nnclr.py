@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.nnclr import NNCLR, nearest_neighbour
+from losses.nnclr import NNCLRLoss, nearest_neighbour
 from models.nnclr import nnclr_heads
 
 DT = torch.float64
@@ -90,8 +90,8 @@ def nnclr_loss(nn: torch.Tensor, p: torch.Tensor, temperature: float) -> torch.T
     return criterion(ViewOutputs(p=p, z=nn)).loss
 
 
-def _module(queue: torch.Tensor, temperature: float = 0.1) -> NNCLR:
-    loss = NNCLR(temperature, queue_size=queue.shape[0], dim=queue.shape[1]).to(DT)
+def _module(queue: torch.Tensor, temperature: float = 0.1) -> NNCLRLoss:
+    loss = NNCLRLoss(temperature, queue_size=queue.shape[0], dim=queue.shape[1]).to(DT)
     loss.queue.bank.copy_(queue)
     return loss
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.patchmix import PatchMix, patchmix_targets, soft_contrastive
+from losses.patchmix import PatchMixLoss, patchmix_targets, soft_contrastive
 from models import build_backbone
 from models.patchmix import PatchMixMoCo
 from utils import dist
@@ -72,7 +72,7 @@ def patchmix_loss(q1, k1, k2, mk1, mq2, temperature, smoothing=0.1, local_q=None
         extras["mixed"] = mixed
     out = ViewOutputs(p=q1[None] if local_q is None else torch.cat([q1[None], local_q]),
                       k=torch.stack([k1, k2]), extras=extras)
-    criterion = PatchMix(temperature, smoothing, m, mix_smoothing, accumulate)
+    criterion = PatchMixLoss(temperature, smoothing, m, mix_smoothing, accumulate)
     return criterion(out).loss
 
 
@@ -271,7 +271,7 @@ def _view_outputs(x, mixed=None):
 
 def test_class_reads_view_outputs_and_reports_metrics():
     x = _inputs(b=5, crops=2)
-    criterion = PatchMix(temperature=0.2, smoothing=0.1, m=2)
+    criterion = PatchMixLoss(temperature=0.2, smoothing=0.1, m=2)
     loss, metrics = criterion(_view_outputs(x, mixed=True))
     want = naive_patchmix(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"], 0.2,
                           naive_targets(5, 2, 0.1), x["local_q"], x["local_mq"])
@@ -289,7 +289,7 @@ def test_class_reads_view_outputs_and_reports_metrics():
 
 def test_class_without_local_crops_and_bad_shapes():
     x = _inputs(b=4, crops=0, grad=False)
-    criterion = PatchMix()
+    criterion = PatchMixLoss()
     loss, _ = criterion(_view_outputs(x))
     want = naive_patchmix(x["q1"], x["k1"], x["k2"], x["mk1"], x["mq2"], 0.2,
                           naive_targets(4, 2, 0.1))
@@ -347,7 +347,7 @@ def test_builder_outputs_and_gradients():
     assert out.extras["p_mix"].shape == (3, 4, 8) and out.extras["k_mix"].shape == (1, 4, 8)
     assert out.h.shape == (3, 4, 16) and bool(out.extras["mixed"])
     assert not out.k.requires_grad and not out.extras["k_mix"].requires_grad
-    loss, _ = PatchMix()(out)
+    loss, _ = PatchMixLoss()(out)
     loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
     assert all(p.grad is None for p in model.momentum_backbone.parameters())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import run_gloo
 
 from losses.base import ViewOutputs
-from losses.soft_neighbour import SoftNeighbour, _snclr_terms, snclr_loss, topk_neighbours
+from losses.snclr import SNCLRLoss, _snclr_terms, snclr_loss, topk_neighbours
 
 DT = torch.float64
 
@@ -128,8 +128,8 @@ def test_collinear_candidates_closed_form():
     )
 
 
-def _module(bank: torch.Tensor, topk: int = 3, **kw) -> SoftNeighbour:
-    loss = SoftNeighbour(0.2, bank_size=bank.shape[0], topk=topk, dim=bank.shape[1], **kw).to(DT)
+def _module(bank: torch.Tensor, topk: int = 3, **kw) -> SNCLRLoss:
+    loss = SNCLRLoss(0.2, bank_size=bank.shape[0], topk=topk, dim=bank.shape[1], **kw).to(DT)
     loss.bank.bank.copy_(bank)
     return loss
 

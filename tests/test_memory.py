@@ -8,8 +8,8 @@ import torch
 
 from losses.base import ViewOutputs
 from losses.memory import FeatureQueue
-from losses.nnclr import NNCLR
-from losses.soft_neighbour import SoftNeighbour
+from losses.nnclr import NNCLRLoss
+from losses.snclr import SNCLRLoss
 
 
 def _rows(start: int, n: int, dim: int = 3) -> torch.Tensor:
@@ -90,7 +90,7 @@ def _round_trip(make):
 
 
 def test_checkpoint_round_trip_snclr():
-    src, dst = _round_trip(lambda: SoftNeighbour(0.2, bank_size=16, topk=3, dim=8))
+    src, dst = _round_trip(lambda: SNCLRLoss(0.2, bank_size=16, topk=3, dim=8))
     assert set(src) == {"bank.bank", "bank.ptr", "bank_labels.bank", "bank_labels.ptr"}
     for name in src:
         assert torch.equal(src[name], dst[name]), name
@@ -100,7 +100,7 @@ def test_checkpoint_round_trip_snclr():
 
 
 def test_checkpoint_round_trip_nnclr():
-    src, dst = _round_trip(lambda: NNCLR(0.1, queue_size=16, dim=8))
+    src, dst = _round_trip(lambda: NNCLRLoss(0.1, queue_size=16, dim=8))
     assert set(src) == {"queue.bank", "queue.ptr", "queue_labels.bank", "queue_labels.ptr"}
     for name in src:
         assert torch.equal(src[name], dst[name]), name

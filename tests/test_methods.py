@@ -153,7 +153,7 @@ def test_beclr_warns_of_collapse():
 def test_knn_similarities_come_from_their_method():
     """main_knn.py --similarity offers cosine plus each method's own monitor, built from its args."""
     import main_knn
-    from losses.bregman import bregman_similarity
+    from losses.beclr import bregman_similarity
     from models.methods import KNN_SIMILARITIES
 
     assert KNN_SIMILARITIES == {m.knn.name: m.knn for m in METHODS.values() if m.knn}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from losses.dependence import MVMR as MVMRLoss
+from losses.mvmr import MVMRLoss
 from models import build_backbone
 from models.mvmr_clip import MVMRCLIP, build_clip_teacher
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import run_gloo
 
-from losses.nnclr import NNCLR
-from losses.soft_neighbour import SoftNeighbour
+from losses.nnclr import NNCLRLoss
+from losses.snclr import SNCLRLoss
 from utils import dist
 from utils.checkpoint import (
     load_checkpoint,
@@ -23,7 +23,7 @@ from utils.checkpoint import (
 
 def _save_and_restore(rank: int, world: int, path: str) -> dict:
     torch.manual_seed(100 + rank)  # each rank its own random bank, as seed + rank in a run
-    criterion = SoftNeighbour(bank_size=12, topk=2, dim=4)
+    criterion = SNCLRLoss(bank_size=12, topk=2, dim=4)
     criterion.bank.enqueue(torch.randn(5, 4))  # this rank's keys: the banks now differ
     criterion.bank_labels.enqueue(torch.full((5, 1), float(rank)))
     saved = {k: v.clone() for k, v in criterion.state_dict().items()}
@@ -33,7 +33,7 @@ def _save_and_restore(rank: int, world: int, path: str) -> dict:
         save_atomic(state, path)
     dist.barrier()
     torch.manual_seed(999)  # a fresh process: another random bank, the same on every rank
-    fresh = SoftNeighbour(bank_size=12, topk=2, dim=4)
+    fresh = SNCLRLoss(bank_size=12, topk=2, dim=4)
     start = restore_training_state(load_checkpoint(path), {"criterion": fresh}, rank)
     fresh.bank.enqueue(torch.ones(2, 4))  # the host copy of the pointer came back too
     return {"saved": saved, "restored": fresh.state_dict(), "start": start}
@@ -56,18 +56,18 @@ def test_each_rank_restores_its_own_bank(tmp_path):
 
 
 def test_gathered_queues_are_not_per_rank():
-    assert per_rank_buffers(NNCLR(queue_size=8, dim=4)) == {}
-    assert set(per_rank_buffers(SoftNeighbour(bank_size=8, dim=4))) == {
+    assert per_rank_buffers(NNCLRLoss(queue_size=8, dim=4)) == {}
+    assert set(per_rank_buffers(SNCLRLoss(bank_size=8, dim=4))) == {
         "bank.bank", "bank.ptr", "bank_labels.bank", "bank_labels.ptr"}
 
 
 def test_other_world_size_keeps_rank_zeros_bank_with_a_warning(tmp_path):
-    criterion = SoftNeighbour(bank_size=8, dim=4)
+    criterion = SNCLRLoss(bank_size=8, dim=4)
     state = training_state({"criterion": criterion}, 0, 1, argparse.Namespace(), 0)
     state["per_rank"]["criterion"] *= 2  # as if saved by 2 ranks
     path = str(tmp_path / "c.pth.tar")
     save_atomic(state, path)
-    fresh = SoftNeighbour(bank_size=8, dim=4)
+    fresh = SNCLRLoss(bank_size=8, dim=4)
     with pytest.warns(UserWarning, match="per-rank criterion state of 2 ranks"):
         restore_training_state(load_checkpoint(path), {"criterion": fresh}, 0)
     assert torch.equal(fresh.bank.bank, criterion.bank.bank)
