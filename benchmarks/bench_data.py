@@ -19,91 +19,29 @@ import contextlib
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from benchmarks.common import RESULTS_DIR, markdown_table, ratio, report, write_json
+from benchmarks.data_harness import (
+    TensorImages,
+    batched_rate,
+    device_ms,
+    loader_rate,
+    worker_cost,
+    write_jpegs,
+)
+from benchmarks.data_recipes import lightly_224, lightly_transform, recipes, recipes_224
 from data.batched import BatchMultiView
 from data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from data.per_sample import MultiViewTransform
-from data.split_views import DevicePhotometric, GeometricViews
-from data.views import ViewSpec, byol_asymmetric, multicrop, simclr_symmetric
-
-NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-# ============ recipes: ours and lightly's equivalent ============
-
-
-def recipes(size: int, ns_list: Iterable[int]) -> dict[str, list[ViewSpec]]:
-    out = {f"byol_asymmetric ns={ns}": byol_asymmetric(size, ns=ns) for ns in ns_list}
-    out["simclr_symmetric"] = simclr_symmetric(size)
-    return out
-
-
-def lightly_transform(name: str, size: int) -> Callable[[Image.Image], list[Tensor]]:
-    """lightly's transform with the parameters of our recipe `name` (same jitter, gray, blur,
-    solarize probabilities and crop scale; PIL ops per view)."""
-    from lightly.transforms import BYOLView1Transform, BYOLView2Transform, SimCLRTransform
-    from lightly.transforms.multi_view_transform import MultiViewTransform as LightlyMultiView
-
-    if name == "simclr_symmetric":
-        return SimCLRTransform(input_size=size, gaussian_blur=0.5, normalize=NORMALIZE)
-    ns = int(name.split("ns=")[1])
-    view1 = BYOLView1Transform(input_size=size, normalize=NORMALIZE)
-    view2 = BYOLView2Transform(input_size=size, normalize=NORMALIZE)
-    return LightlyMultiView([view1] * ns + [view2] * ns)
-
-
-# ============ datasets ============
-
-
-class TensorImages(Dataset):
-    """In-memory uint8 images [N, 3, H, W]; `as_pil` yields PIL images as torchvision CIFAR10."""
-
-    def __init__(self, images: Tensor, transform: Callable, as_pil: bool):
-        self.images, self.transform, self.as_pil = images, transform, as_pil
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        x = self.images[i]
-        if self.as_pil:
-            x = Image.fromarray(x.permute(1, 2, 0).numpy())
-        return self.transform(x), 0
-
-
-def smooth_images(n: int, generator: torch.Generator, low: int = 256, high: int = 400) -> list:
-    """n uint8 images [3, h, w] of random size: upsampled low-frequency noise plus grain."""
-    out = []
-    for _ in range(n):
-        h, w = torch.randint(low, high + 1, (2,), generator=generator).tolist()
-        base = torch.rand(1, 3, 8, 8, generator=generator)
-        x = F.interpolate(base, size=(h, w), mode="bicubic", align_corners=False)[0]
-        x = x + 0.03 * torch.randn(3, h, w, generator=generator)
-        out.append((x.clamp(0, 1) * 255).to(torch.uint8))
-    return out
-
-
-def write_jpegs(root: Path, n: int, seed: int = 0) -> None:
-    """An ImageFolder tree root/<class>/<i>.jpg of n smooth random images (quality 90)."""
-    g = torch.Generator().manual_seed(seed)
-    for i, x in enumerate(smooth_images(n, g)):
-        folder = root / f"class{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.jpg", quality=90)
-
+from data.split_views import GeometricViews
+from data.views import ViewSpec
 
 # ============ candidate changes to data/per_sample.py, measured here ============
 
@@ -145,34 +83,6 @@ def _is_blur(op: object) -> bool:
     return isinstance(op, v2.RandomApply) and isinstance(op.transforms[0], v2.GaussianBlur)
 
 
-# ============ timing ============
-
-
-def loader_rate(dataset: Dataset, workers: int, batch: int, seconds: float) -> float:
-    """Steady-state images/s of a DataLoader: the first batch (worker start-up) is not timed."""
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**7)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
-    it = iter(loader)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        n += len(next(it)[1])
-    rate = n / (time.perf_counter() - t0)
-    del it  # stops the workers
-    return rate
-
-
-def batched_rate(images: Tensor, augment: BatchMultiView, batch: int, seconds: float) -> float:
-    """Images/s of BatchMultiView on uint8 batches indexed out of the in-memory tensor."""
-    augment(images[:batch])  # warm-up
-    n, t0, g = 0, time.perf_counter(), torch.Generator().manual_seed(0)
-    while time.perf_counter() - t0 < seconds:
-        idx = torch.randint(len(images), (batch,), generator=g)
-        augment(images[idx])
-        n += batch
-    return n / (time.perf_counter() - t0)
-
-
 # ============ the two resolutions ============
 
 
@@ -211,70 +121,6 @@ def run_32px(quick: bool, workers: int, seconds: float) -> list[dict]:
     return rows
 
 
-def recipes_224(ns_list: Iterable[int] = (1, 4)) -> dict[str, list[ViewSpec]]:
-    """V = 2 and ns = 4 (BYOL pair), and PatchMix's ImageNet multi-crop (2 x 224 + 8 x 96)."""
-    out = {f"byol_asymmetric ns={ns}": byol_asymmetric(224, ns=ns) for ns in ns_list}
-    pair = byol_asymmetric(224, crop_min=0.35, interpolation="bicubic")
-    out["patchmix 2x224+8x96"] = multicrop(pair, 8, 96, local_scale=(0.05, 0.35))
-    return out
-
-
-def lightly_224(name: str) -> Callable[[Image.Image], list[Tensor]]:
-    """lightly's per-view PIL pipeline for our 224-px recipe `name`."""
-    from lightly.transforms import BYOLView1Transform, BYOLView2Transform
-    from lightly.transforms.multi_view_transform import MultiViewTransform as LightlyMultiView
-
-    if not name.startswith("patchmix"):
-        return lightly_transform(name, 224)
-    view1 = BYOLView1Transform(input_size=224, min_scale=0.35, normalize=NORMALIZE)
-    view2 = BYOLView2Transform(input_size=224, min_scale=0.35, normalize=NORMALIZE)
-    local = BYOLView1Transform(input_size=96, min_scale=0.05, gaussian_blur=0.5,
-                               normalize=NORMALIZE)
-    return LightlyMultiView([view1, view2] + [local] * 8)
-
-
-def _collate_with_cpu(batch: list) -> tuple:
-    """Default collate, plus the worker's id and its process CPU seconds so far (all its work:
-    decode, views, collate)."""
-    info = torch.utils.data.get_worker_info()
-    return default_collate(batch), (info.id if info else -1), time.process_time()
-
-
-def worker_cost(dataset: Dataset, workers: int, batch: int, seconds: float) -> tuple[float, float]:
-    """(worker CPU ms per image, images/s) of a DataLoader in steady state: each worker's first
-    batch (start-up) is the baseline of its CPU clock; images/s after the first batch."""
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**7)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                        collate_fn=_collate_with_cpu)
-    it = iter(loader)
-    first: dict[int, float] = {}
-    last: dict[int, tuple[float, int]] = {}
-    n, t0 = 0, None
-    while t0 is None or time.perf_counter() - t0 < seconds or len(last) < len(first):
-        _, worker, cpu = next(it)
-        if worker not in first:
-            first[worker] = cpu
-            t0 = t0 or time.perf_counter()
-            continue
-        n += batch
-        last[worker] = (cpu, last.get(worker, (0.0, 0))[1] + batch)
-    rate = n / (time.perf_counter() - t0)
-    del it  # stops the workers
-    cpu_s = sum(cpu - first[w] for w, (cpu, _) in last.items())
-    return 1000 * cpu_s / sum(count for _, count in last.values()), rate
-
-
-def device_ms(specs: list[ViewSpec], batch: int = 32, repeats: int = 3) -> float:
-    """CPU ms per image of the split placement's device stage, run here on the CPU."""
-    stage = DevicePhotometric(specs, IMAGENET_MEAN, IMAGENET_STD)
-    views = [torch.randint(0, 256, (batch, 3, s.size, s.size), dtype=torch.uint8) for s in specs]
-    stage(views)  # warm-up
-    t0 = time.process_time()
-    for _ in range(repeats):
-        stage(views)
-    return 1000 * (time.process_time() - t0) / (repeats * batch)
-
-
 def run_224px(quick: bool, workers: int, seconds: float, n_files: int) -> list[dict]:
     """Per-sample, split and lightly side by side, at 224 px, on the same JPEG folder."""
     rows = []
@@ -303,7 +149,7 @@ def run_224px(quick: bool, workers: int, seconds: float, n_files: int) -> list[d
 
 
 def ratios_224(rows: list[dict]) -> list[dict]:
-    """Per recipe: lightly / split and lightly / per-sample worker CPU-ms (higher = ours cheaper)."""
+    """Per recipe: lightly / split and lightly / per-sample worker CPU-ms (higher: ours cheaper)."""
     out = []
     for name in dict.fromkeys(r["recipe"] for r in rows):
         ms = {r["placement"]: r["worker_ms_per_image"] for r in rows if r["recipe"] == name}
@@ -369,8 +215,9 @@ def section(payload: dict) -> tuple[str, list[dict]]:
             "device_stage_cpu_ms_per_image is its cost when that device is this CPU"
         ),
         (
-            "patchmix 2x224+8x96: global crop scale (0.35, 1), local (0.05, 0.35) bicubic; lightly's "
-            "local views use BYOLView1Transform(96, min_scale=0.05, blur 0.5) (scale up to 1)"
+            "patchmix 2x224+8x96: global crop scale (0.35, 1), local (0.05, 0.35) bicubic; "
+            "lightly's local views use BYOLView1Transform(96, min_scale=0.05, blur 0.5) (scale up "
+            "to 1)"
         ),
         (
             "* = a candidate change to data/per_sample.py, implemented in bench_data.py: 'PIL' "
