@@ -14,174 +14,25 @@ projector and optimizer, stepped the way lightly's examples do (no grad-norm, no
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import markdown_table, matmul_flops, ratio, report, time_call, write_json
-from losses.base import ViewOutputs
-from main_pretrain import get_args_parser
-from models.methods import METHODS, build_model
-from utils.optim import build_optimizer, param_groups, set_lr_wd
-from utils.training import amp_context, check_finite
+from benchmarks.common import markdown_table, matmul_flops, report, time_call, write_json
+from benchmarks.step_builders import IMG_SIZE, Case, build_peer_step, build_step, make_args
+from benchmarks.step_tables import (
+    MATRIX_COLS,
+    PEER_COLS,
+    default_vs_default,
+    peer_rows,
+    precision_note,
+    targets,
+)
+from models.methods import METHODS
 
 MULTI_VIEW = ("mocov3", "dsf", "simclr")  # V = 2 * ns: also measured at ns = 4 (V = 8)
-IMG_SIZE = 32
-
-
-@dataclass(frozen=True)
-class Case:
-    method: str
-    arch: str
-    batch: int
-    ns: int = 1
-    amp: str = "off"  # off | bf16
-    channels_last: bool = True  # the training script's default
-
-
-def make_args(case: Case) -> argparse.Namespace:
-    """main_pretrain's arguments for one case, with what main_worker derives filled in."""
-    argv = [
-        "--method",
-        case.method,
-        "-a",
-        case.arch,
-        "--img-size",
-        str(IMG_SIZE),
-        "--patch-size",
-        "4",
-        "--ns",
-        str(case.ns),
-        "-b",
-        str(case.batch),
-        "--amp",
-        case.amp,
-        "--channels-last",
-        str(case.channels_last),
-    ]
-    args = get_args_parser().parse_args(argv)
-    args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    args.world_size, args.rank, args.gpu = 1, 0, None
-    args.batch_size_per_gpu = case.batch
-    args.lr_effective = args.lr * case.batch / 256
-    return args
-
-
-def uses_channels_last(args: argparse.Namespace) -> bool:
-    return args.channels_last and not args.arch.startswith("vit")
-
-
-def make_views(args: argparse.Namespace) -> list[Tensor]:
-    """Normalised views already on the device: the step benchmark excludes augmentation."""
-    specs = METHODS[args.method].views(args)
-    return [torch.randn(args.batch_size, 3, s.size, s.size, device=args.device) for s in specs]
-
-
-def build_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None], int]:
-    """(step, loss_only, V) for our method: the train_one_epoch step and the loss alone."""
-    model = build_model(args)[0].to(args.device)
-    if uses_channels_last(args):
-        model = model.to(memory_format=torch.channels_last)
-    criterion = METHODS[args.method].loss(args).to(args.device)
-    optimizer = build_optimizer(
-        args.optimizer,
-        param_groups(model, args.exclude_norm_bias),
-        args.lr_effective,
-        args.weight_decay,
-        args.momentum,
-    )
-    model.train()
-    criterion.train()
-    views = make_views(args)
-    labels = torch.randint(10, (args.batch_size,), device=args.device)
-
-    def step() -> None:
-        set_lr_wd(optimizer, args.lr_effective, args.weight_decay)
-        if hasattr(model, "update_momentum"):
-            model.update_momentum(args.moco_m)
-        x = views
-        if uses_channels_last(args):
-            x = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        with amp_context(args):
-            out = model(x)
-            loss, metrics = criterion(out, labels=labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf, foreach=True)
-        check_finite(loss, grad_norm, metrics, 0, 0, "stop")
-        optimizer.step()
-
-    return step, loss_only_fn(model, criterion, views, labels, args), len(views)
-
-
-def _leaf(t: Tensor | None) -> Tensor | None:
-    """A detached copy that still asks for gradient where the original had one."""
-    if t is None or not t.requires_grad:
-        return t
-    return t.detach().requires_grad_()
-
-
-def loss_only_fn(
-    model: nn.Module,
-    criterion: nn.Module,
-    views: list[Tensor],
-    labels: Tensor,
-    args: argparse.Namespace,
-) -> Callable[[], None]:
-    """criterion forward + backward on leaf copies of one step's outputs: the loss's own cost."""
-    with amp_context(args):
-        out = model(views)
-    leaves = ViewOutputs(
-        p=_leaf(out.p),
-        k=out.k,
-        z=_leaf(out.z),
-        h=_leaf(out.h),
-        extras={k: _leaf(v) for k, v in out.extras.items()},
-    )
-    del out  # free the backbone graph before timing
-
-    def loss_only() -> None:
-        with amp_context(args):
-            loss, _ = criterion(leaves, labels=labels)
-        loss.backward()
-
-    return loss_only
-
-
-def build_peer_step(args: argparse.Namespace) -> Callable[[], None]:
-    """lightly's NTXentLoss on our backbone + SimCLR projector, same optimizer and settings."""
-    from lightly.loss import NTXentLoss
-
-    model, _ = build_model(args)  # args.method is simclr: our SimCLR backbone + projector
-    net = nn.Sequential(model.backbone, model.projector).to(args.device)
-    if uses_channels_last(args):
-        net = net.to(memory_format=torch.channels_last)
-    criterion = NTXentLoss(temperature=args.moco_t)
-    optimizer = build_optimizer(
-        args.optimizer,
-        param_groups(net, args.exclude_norm_bias),
-        args.lr_effective,
-        args.weight_decay,
-        args.momentum,
-    )
-    net.train()
-    x0, x1 = make_views(args)[:2]
-    if uses_channels_last(args):
-        x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
-
-    def step() -> None:  # lightly's examples/pytorch/simclr.py loop body
-        with amp_context(args):
-            loss = criterion(net(x0), net(x1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-    return step
 
 
 def count_flops(step: Callable[[], None]) -> float:
@@ -290,133 +141,6 @@ def plan(
             settings += [] if quick else [("bf16", False)]
         grid += [Case("simclr", a, b, amp=amp, channels_last=cl) for amp, cl in settings]
     return matrix, grid
-
-
-MATRIX_COLS = [
-    "method",
-    "arch",
-    "B",
-    "V",
-    "ms/step",
-    "img/s",
-    "views/s",
-    "loss ms",
-    "loss %",
-    "GFLOP/step",
-    "GFLOP/s",
-    "% of matmul",
-]
-PEER_COLS = [
-    "arch",
-    "B",
-    "amp",
-    "channels_last",
-    "ours ms/step",
-    "peer ms/step",
-    "ours img/s",
-    "peer img/s",
-    "ours/peer",
-    "ours loss %",
-    "ours % of matmul",
-    "peer % of matmul",
-]
-
-
-def peer_rows(grid: list[Case], ours: list[dict], peers: list[dict]) -> list[dict]:
-    rows = []
-    for case, o, p in zip(grid, ours, peers, strict=True):
-        rows.append(
-            {
-                "arch": case.arch,
-                "B": case.batch,
-                "amp": case.amp,
-                "channels_last": case.channels_last if not case.arch.startswith("vit") else "n/a",
-                "ours ms/step": o["ms/step"],
-                "peer ms/step": p["ms/step"],
-                "ours img/s": o["img/s"],
-                "peer img/s": p["img/s"],
-                "ours/peer": ratio(o["img/s"], p["img/s"]),
-                "ours loss %": o.get("loss %"),
-                "ours % of matmul": o["% of matmul"],
-                "peer % of matmul": p["% of matmul"],
-            }
-        )
-    return rows
-
-
-def default_vs_default(grid: list[Case], ours: list[dict], peers: list[dict]) -> list[dict]:
-    """Ours at the training script's CPU defaults (fp32, channels_last) vs lightly's (fp32,
-    contiguous): what each user gets without tuning."""
-    rows = []
-    for arch in dict.fromkeys(c.arch for c in grid):
-        o = next(
-            (
-                r
-                for c, r in zip(grid, ours, strict=True)
-                if c.arch == arch and c.amp == "off" and c.channels_last
-            ),
-            None,
-        )
-        p = next(
-            (
-                r
-                for c, r in zip(grid, peers, strict=True)
-                if c.arch == arch
-                and c.amp == "off"
-                and (not c.channels_last or arch.startswith("vit"))
-            ),
-            None,
-        )
-        if o and p:
-            rows.append(
-                {
-                    "arch": arch,
-                    "B": o["B"],
-                    "ours img/s": o["img/s"],
-                    "peer img/s": p["img/s"],
-                    "ours/peer": ratio(o["img/s"], p["img/s"]),
-                }
-            )
-    return rows
-
-
-def precision_note(ours: list[dict]) -> str:
-    """Our step's bf16-autocast speed over fp32, per backbone and memory format."""
-    fp32 = {(r["arch"], r["channels_last"]): r["img/s"] for r in ours if r["amp"] == "off"}
-    parts = []
-    for r in ours:
-        key = (r["arch"], r["channels_last"])
-        if r["amp"] == "bf16" and key in fp32:
-            fmt = " channels_last" if r["channels_last"] and not r["arch"].startswith("vit") else ""
-            parts.append(f"{r['arch']}{fmt} x{r['img/s'] / fp32[key]:.2f}")
-    return "bf16 autocast vs fp32, our SimCLR step: " + ", ".join(parts)
-
-
-def targets(versus: list[dict], v8: list[dict]) -> list[dict]:
-    out = []
-    for r in versus:
-        if r["amp"] == "off" and r["channels_last"] in (True, "n/a"):
-            out.append(
-                {
-                    "target": f"SimCLR step >= 1.2x lightly ({r['arch']}, B {r['B']}, fp32, "
-                    "same settings)",
-                    "measured": f"{r['ours/peer']:.2f}x",
-                    "met": r["ours/peer"] >= 1.2,
-                    "note": f"same backbone, projector, optimizer: the loss is "
-                    f"{r['ours loss %']:.2f} % of our step, no 20 % to win there",
-                }
-            )
-    if v8:
-        worst = max(v8, key=lambda r: r["loss %"])
-        out.append(
-            {
-                "target": "loss < 5 % of the step at V = 8",
-                "measured": f"{worst['loss %']:.2f} % (max: {worst['method']} {worst['arch']})",
-                "met": worst["loss %"] < 5,
-                "note": "",
-            }
-        )
-    return out
 
 
 def run(
