@@ -19,13 +19,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import markdown_table, ratio, report, write_json
+from benchmarks.common import markdown_table, ratio, report, time_call, write_json
 
 KS = (20, 200)  # DINO's k = 20 and the --knn-k 200 monitor: topk of 200
 
@@ -90,12 +88,6 @@ def onehot_vote_knn(
     return {k: 100.0 * v / test_f.shape[0] for k, v in correct.items()}
 
 
-def timed(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def child(n: int, d: int, q: int, classes: int, modes: list[str], rounds: int) -> dict:
     """One case in this (fresh) process: `rounds` calls of each mode, interleaved; the time of
     each call, and the peak memory of the first call (meaningful when one mode is run)."""
@@ -120,7 +112,7 @@ def child(n: int, d: int, q: int, classes: int, modes: list[str], rounds: int) -
     peak = None
     for _ in range(rounds):
         for m in modes:
-            times[m].append(timed(calls[m]))
+            times[m].append(time_call(calls[m], repeats=1, warmup=0)["median_ms"] / 1e3)
             peak = peak_bytes() if peak is None else peak
     return {
         "seconds": times,
