@@ -8,8 +8,7 @@
 # copy the lines onto a GPU server as they are. docs/recipes.md: what each recipe reproduces.
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/setup.sh
-PY="$VENV/bin/python"
+source scripts/setup.sh  # VENV, PY, FMNIST_DIR; setup_venv, fetch_fashion_mnist, test, results
 DATA=${DATA:-/path/to/data}
 OUT=${OUT:-runs}
 
@@ -30,38 +29,7 @@ quickstart() {
             --train-subset 2000 --results_dir "$out/sparse" > /dev/null
     done
     "$PY" tools/plots.py "$out" --out "$out" > /dev/null
-    "$PY" - "$out" <<'PYEOF'
-import json, sys
-out = sys.argv[1]
-full, sparse = (json.load(open(f"{d}/results.json")) for d in (out, f"{out}/sparse"))
-print(f"\nFashion-MNIST weighted kNN top-1 after {full['pretrain']['wall_time_s']:.0f} s of SimCLR "
-      f"pretraining ({full['pretrain']['images_per_s']:.0f} img/s):")
-print("  bank                         k    pretrained   random init   gain")
-for name, r, k in [("60000 train images", full, "20"), ("60000 train images", full, "200"),
-                   ("2000 train images (sparse)", sparse, "200")]:
-    a, b = r["knn"]["top1"][k], r["knn_random_init"]["top1"][k]
-    print(f"  {name:27s} {k:>4s}   {a:9.2f}%   {b:10.2f}%   {a - b:+5.2f}")
-print(f"checkpoint, logs and curves: {out}")
-PYEOF
-}
-
-test() {  # bash main.sh test [fast] [PYTEST ARGS]: fast = without the slow end-to-end runs
-    setup_venv requirements-dev.txt
-    fetch_fashion_mnist
-    local select=()
-    if [ "${1:-}" = fast ]; then
-        shift
-        select=(-m "not slow")  # the slow marker: pytest.ini, tests/conftest.py
-    fi
-    "$PY" -m pytest -q -p no:cacheprovider "${select[@]}" tests "$@"
-}
-
-results() {  # every run under $OUT beside the papers' numbers (Markdown + JSON), and training curves
-    # (bundled runs: bash main.sh results --knn-k 200, their kNN protocol)
-    "$PY" tools/results_table.py "$OUT" --json "$OUT/results_table.json" "$@" | tee "$OUT/results_table.md"
-    local runs
-    mapfile -t runs < <(find "$OUT" -name log.txt -printf '%h\n' | sort)  # every run directory
-    "$PY" tools/plots.py "${runs[@]}" --out "$OUT/plots"
+    quickstart_table "$out"  # pretrained vs random init (scripts/setup.sh)
 }
 
 bundled() {  # bash main.sh bundled METHOD|all [SEED...]: every method on the bundled data (CPU)
@@ -531,6 +499,6 @@ finetune_beclr_cifar10_semi10() {  # after beclr_cifar10_r50; 5000 of 50000 labe
 }
 
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,8p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|test|results)$' | sed 's/^/  /' ;;
+    ""|-h|--help) sed -n '2,8p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^quickstart$' | sed 's/^/  /' ;;
     *) cmd=$1; shift; "$cmd" "$@" ;;
 esac
