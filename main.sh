@@ -416,89 +416,67 @@ patchmix_cifar100_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 79.7, kN
 # ---------------------------------------------------------------- Fine-tuning and semi-supervised (main_finetune.py)
 # Each fine-tunes into its own directory under the pretraining run (a pretraining directory is
 # refused by main_finetune.py: the checkpoint names are the same). $DATA, $OUT as in main.sh.
-# The pretraining function each one follows is named in the comment.
+# The pretraining function each one follows is named in the comment. The recipe is
+# configs/finetune/CONFIG.yaml; `finetune CONFIG RUN EPOCH DIR [FLAGS]` runs it from
+# $OUT/RUN/checkpoint_EPOCH_000000.pth.tar into $OUT/RUN/DIR:
+finetune() {
+    local config=$1 run=$2 epoch=$3 dir=$4
+    shift 4
+    python main_finetune.py --config "configs/finetune/$config.yaml" --data "$DATA" \
+        --pretrained "$OUT/$run/checkpoint_${epoch}_000000.pth.tar" --results_dir "$OUT/$run/$dir" "$@"
+}
 
 finetune_patchmix_cifar10_vitt() {  # after patchmix_cifar10_vitt; README fine-tune 97.5
-    python main_finetune.py --config configs/finetune/patchmix_cifar10_vitt.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c10_vitt/finetune"
+    finetune patchmix_cifar10_vitt patchmix_c10_vitt 0800 finetune
 }
 finetune_patchmix_cifar10_vits() {  # after patchmix_cifar10_vits; README fine-tune 98.1
-    python main_finetune.py --config configs/finetune/patchmix_cifar10_vits.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c10_vits/finetune"
+    finetune patchmix_cifar10_vits patchmix_c10_vits 0800 finetune
 }
 finetune_patchmix_cifar10_vitb() {  # after patchmix_cifar10_vitb; README fine-tune 98.3
-    python main_finetune.py --config configs/finetune/patchmix_cifar10_vitb.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c10_vitb/finetune"
+    finetune patchmix_cifar10_vitb patchmix_c10_vitb 0800 finetune
 }
 finetune_patchmix_cifar100_vitt() {  # after patchmix_cifar100_vitt; README fine-tune 84.9
-    python main_finetune.py --config configs/finetune/patchmix_cifar100_vitt.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c100_vitt/finetune"
+    finetune patchmix_cifar100_vitt patchmix_c100_vitt 0800 finetune
 }
 finetune_patchmix_cifar100_vits() {  # after patchmix_cifar100_vits; README fine-tune 86.0
-    python main_finetune.py --config configs/finetune/patchmix_cifar100_vits.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c100_vits/finetune"
+    finetune patchmix_cifar100_vits patchmix_c100_vits 0800 finetune
 }
 finetune_patchmix_cifar100_vitb() {  # after patchmix_cifar100_vitb; README fine-tune 86.0
-    python main_finetune.py --config configs/finetune/patchmix_cifar100_vitb.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_c100_vitb/finetune"
+    finetune patchmix_cifar100_vitb patchmix_c100_vitb 0800 finetune
 }
 finetune_patchmix_in1k_vits() {  # after patchmix_in1k_vits; 8 GPUs, batch 1024; README fine-tune 82.8
-    python main_finetune.py --config configs/finetune/patchmix_in1k_vits.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_vits/finetune" \
+    finetune patchmix_in1k_vits patchmix_vits 0300 finetune \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 finetune_patchmix_in1k_vitb() {  # after patchmix_in1k_vitb; 8 GPUs, batch 1024; README fine-tune 84.1
-    python main_finetune.py --config configs/finetune/patchmix_in1k_vitb.yaml --data "$DATA" \
-        --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" \
-        --results_dir "$OUT/patchmix_vitb/finetune" \
+    finetune patchmix_in1k_vitb patchmix_vitb 0300 finetune \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 finetune_mocov3_in1k_vits() {  # after mocov3_in1k_vits; DeiT defaults, 300 ep, batch 1024; README 81.4
-    python main_finetune.py --config configs/finetune/mocov3_in1k_vits.yaml --data "$DATA" \
-        --pretrained "$OUT/mocov3_vits/checkpoint_0300_000000.pth.tar" \
-        --results_dir "$OUT/mocov3_vits/finetune" \
+    finetune mocov3_in1k_vits mocov3_vits 0300 finetune \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 finetune_mocov3_in1k_vitb() {  # after a ViT-B MoCo v3 pretraining (mocov3_in1k_vits with -a vit_base); 150 ep; README 83.2
-    python main_finetune.py --config configs/finetune/mocov3_in1k_vitb.yaml --data "$DATA" \
-        --pretrained "$OUT/mocov3_vitb/checkpoint_0300_000000.pth.tar" \
-        --results_dir "$OUT/mocov3_vitb/finetune" \
+    finetune mocov3_in1k_vitb mocov3_vitb 0300 finetune \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
 }
 finetune_mvmr_in1k_semi1() {  # after mvmr_in1k_r50; 1 % of the labels; README 56.1 / 79.4
-    python main_finetune.py --config configs/finetune/mvmr_in1k_semi1.yaml --data "$DATA" \
-        --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" \
-        --results_dir "$OUT/mvmr_in1k/semi1"
+    finetune mvmr_in1k_semi1 mvmr_in1k 1000 semi1
 }
 finetune_mvmr_in1k_semi10() {  # after mvmr_in1k_r50; 10 % of the labels; README 69.9 / 89.5
-    python main_finetune.py --config configs/finetune/mvmr_in1k_semi10.yaml --data "$DATA" \
-        --pretrained "$OUT/mvmr_in1k/checkpoint_1000_000000.pth.tar" \
-        --results_dir "$OUT/mvmr_in1k/semi10"
+    finetune mvmr_in1k_semi10 mvmr_in1k 1000 semi10
 }
 finetune_mvmr_stl10_semi1() {  # after mvmr_stl10_r50; 1 % of the STL-10 train labels (no README number)
-    python main_finetune.py --config configs/finetune/mvmr_stl10_semi1.yaml --data "$DATA" \
-        --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" \
-        --results_dir "$OUT/mvmr_stl10/semi1"
+    finetune mvmr_stl10_semi1 mvmr_stl10 1000 semi1
 }
 finetune_mvmr_stl10_semi10() {  # after mvmr_stl10_r50; 10 % of the STL-10 train labels (no README number)
-    python main_finetune.py --config configs/finetune/mvmr_stl10_semi10.yaml --data "$DATA" \
-        --pretrained "$OUT/mvmr_stl10/checkpoint_1000_000000.pth.tar" \
-        --results_dir "$OUT/mvmr_stl10/semi10"
+    finetune mvmr_stl10_semi10 mvmr_stl10 1000 semi10
 }
 finetune_beclr_cifar10_semi10() {  # after beclr_cifar10_r50; 5000 of 50000 labels (no README number)
-    python main_finetune.py --config configs/finetune/beclr_cifar10_semi10.yaml --data "$DATA" \
-        --pretrained "$OUT/beclr_cifar10/checkpoint_0500_000000.pth.tar" \
-        --results_dir "$OUT/beclr_cifar10/semi10"
+    finetune beclr_cifar10_semi10 beclr_cifar10 0500 semi10
 }
 
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,8p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^quickstart$' | sed 's/^/  /' ;;
+    ""|-h|--help) sed -n '2,8p' "$0"; echo "recipes:"; grep -oE '^[a-z0-9_]+\(\)' "$0" | tr -d '()' | grep -vE '^(quickstart|finetune)$' | sed 's/^/  /' ;;
     *) cmd=$1; shift; "$cmd" "$@" ;;
 esac
