@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from data.datasets import dataset_info
 from models import build_backbone
-from models.methods import backbone_kwargs, load_pretrained
-from utils.checkpoint import load_backbone, load_backbone_into
+from models.builders import backbone_kwargs
+from models.methods import build_model
+from utils.checkpoint import load_backbone, load_backbone_into, load_checkpoint
 
 
 def ratio(s: str) -> float:
@@ -54,10 +55,23 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                         "the input size, none otherwise")
 
 
-# run args that change the backbone a method builds (models/methods.py backbone_kwargs and its
+# run args that change the backbone a method builds (models/builders.py backbone_kwargs and its
 # METHOD_BACKBONE stems read them); the pretraining dataset also picks BeCLR's stem
 BACKBONE_SHAPING = ("cifar_stem_padding", "mvmr_small_kernel", "zero_init_residual",
                     "stop_grad_conv1")
+
+
+def load_pretrained(path: str) -> tuple[nn.Module, dict]:
+    """The full pretrained model of one of this suite's checkpoints (kNN on projector/sub-network
+    outputs needs more than the backbone), in eval mode, and its args."""
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "args" not in ckpt:
+        raise SystemExit(f"error: {path} is not a checkpoint of this suite's main_pretrain.py "
+                         "(only --features backbone works with moco-v3/DSF checkpoints)")
+    args = argparse.Namespace(**ckpt["args"])
+    model, _ = build_model(args)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt["args"]
 
 
 def build_encoder(args: Any) -> tuple[nn.Module | Callable[[Tensor], Tensor], dict]:

@@ -3,7 +3,7 @@
 ``build_mlp`` is MoCo v3's ``_build_mlp`` (also copied verbatim by DSF, SNCLR and PatchMix);
 its ``nn.Sequential`` indices (``0.weight``, ``1.running_mean``, ...) match the official
 checkpoints' head keys. The depths, which depend on the backbone family (docs/methods.md §1.1), are
-chosen by the registry's builders (models/methods.py::mocov3_builder).
+chosen by the registry's builders (models/builders.py::mocov3_builder).
 """
 
 from __future__ import annotations

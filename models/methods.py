@@ -1,10 +1,11 @@
-"""The method registry: ``--method`` -> builder + loss + view recipe. The only module that imports
-both models and losses.
+"""The method registry: ``--method`` -> builder + loss + argument groups. The only module that
+imports both models and losses; the training loop never names a method.
 
-A method is one builder plus one loss, chosen by one dict entry; the training loop never names a
-method. Each entry's flags live in one argument group below (``add_method_args``), next to the entry,
-so adding a method touches this file, its loss file, its test and main.sh/README only.
-"""
+One METHODS entry per method: summary, builder (models/builders.py), loss factory (losses/<key>.py)
+and the argument groups of the flags it reads, defined right above METHODS. Adding a method touches
+its loss file, its entry and argument group here, its views in data/views.py, its test
+tests/test_loss_<key>.py, its bundled config and its README row (plus models/builders.py if it
+needs a new builder or backbone stem)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from data.datasets import dataset_info
-from data.representations import REPRESENTATIONS, batch_augment, compute_representations
 from data.views import Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
 from losses.beclr import BeCLRLoss, bregman_similarity
@@ -28,16 +27,7 @@ from losses.nnclr import NNCLRLoss
 from losses.patchmix import PatchMixLoss
 from losses.simclr import SimCLRLoss
 from losses.snclr import SNCLRLoss
-from models import build_backbone
-from models.beclr import BeCLRNet
-from models.moco import MoCoV3
-from models.mocov2 import MoCoV2CIFAR
-from models.mvmr import MVMR
-from models.mvmr_clip import MVMRCLIP, build_clip_teacher
-from models.nnclr import nnclr_heads
-from models.patchmix import PatchMixMoCo
-from models.simclr import SimCLR
-from utils.checkpoint import load_checkpoint
+from models import build_backbone, builders
 from utils.misc import bool_flag, probability
 from utils.optim import add_lars_args
 
@@ -56,6 +46,7 @@ class Method:
     builder: Callable[[argparse.Namespace, nn.Module, int], nn.Module]  # (args, backbone, feat_dim)
     loss: Callable[[argparse.Namespace], ContrastiveLoss]  # args -> criterion, explicit kwargs
     knn: KnnSimilarity | None = None  # None: cosine kNN on the chosen features only
+    add_args: tuple[Callable[[argparse.ArgumentParser], None], ...] = ()  # its argument groups
 
     @staticmethod
     def sides(args: argparse.Namespace) -> list[Side]:
@@ -71,190 +62,10 @@ class Method:
         return describe(self.sides(args))
 
 
-def is_vit(args: argparse.Namespace) -> bool:
-    return args.arch.startswith("vit")
+# ============ each method's argument group (its flags), named by its METHODS entry ============
 
 
-def mocov3_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int,
-                   **kwargs) -> MoCoV3:
-    """MoCo v3 heads (docs/methods.md §1.1): ViT 3-layer projector; ResNet 2-layer, predictor w/o last BN."""
-    vit = is_vit(args)
-    return MoCoV3(backbone, feat_dim, dim=args.moco_dim, mlp_dim=args.moco_mlp_dim,
-                  proj_layers=3 if vit else 2, pred_layers=2, proj_last_bn=True, pred_last_bn=vit,
-                  **kwargs)
-
-
-def simclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> SimCLR:
-    """solo-learn's SimCLR projector: Linear -> ReLU -> Linear (2048 -> 256 by default)."""
-    projector = nn.Sequential(nn.Linear(feat_dim, args.proj_hidden_dim), nn.ReLU(inplace=True),
-                              nn.Linear(args.proj_hidden_dim, args.proj_dim))
-    return SimCLR(backbone, feat_dim, projector)
-
-
-def nnclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> SimCLR:
-    """NNCLR heads (docs/methods.md §4); each view forwarded separately (BN per view, as solo-learn)."""
-    projector, predictor = nnclr_heads(feat_dim, hidden=args.proj_hidden_dim,
-                                       pred_hidden=args.pred_hidden_dim, out=args.proj_dim)
-    return SimCLR(backbone, feat_dim, projector, predictor)
-
-
-def beclr_imagenet(args: argparse.Namespace) -> bool:
-    return args.dataset in ("imagenet", "in100")  # main_imgnet.py / model_imgnet.py
-
-
-def beclr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> BeCLRNet:
-    """CIFAR/STL: BN projector + normalised fc_out (model.py); ImageNet: no BN, not normalised."""
-    imnet = beclr_imagenet(args)
-    return BeCLRNet(backbone, feat_dim, feature_dim=args.feature_dim,
-                    k_subs=args.k_subs or (200 if imnet else 100),
-                    subnet_hidden=args.subnet_hidden or (100 if imnet else 512),
-                    dropout=args.subnet_dropout, normalize=not imnet, proj_bn=not imnet)
-
-
-def beclr_temperature(args: argparse.Namespace) -> float:
-    if args.temperature is not None:
-        return args.temperature
-    return 0.1 if beclr_imagenet(args) else 0.5
-
-
-def mvmr_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMR:
-    """MV-MR (docs/methods.md §7.1): official projector; representations of the original view.
-    The stem and zero-init come from mvmr_stem (METHOD_BACKBONE), so evaluation rebuilds them."""
-    unknown = sorted(set(args.mvmr_reps) - set(REPRESENTATIONS))
-    if unknown:
-        raise SystemExit(f"error: unknown --mvmr-reps {unknown}; choose from {list(REPRESENTATIONS)}")
-    reps = partial(compute_representations, names=list(args.mvmr_reps),
-                   augment=batch_augment(args.img_size))
-    model = MVMR(backbone, feat_dim, proj_dims=args.proj_dims, representations=reps)
-    model.sync_bn = False  # the official Lightning Trainer has no sync_batchnorm: BN per GPU
-    return model
-
-
-def patchmix_mix_size(args: argparse.Namespace) -> int:
-    """--mix-size, else the ViT patch size (official), else ceil(img_size / 16) for ResNets."""
-    if args.mix_size:
-        return args.mix_size
-    if is_vit(args):
-        return backbone_kwargs(vars(args))["patch_size"]
-    return -(-args.img_size // 16)  # about a 16 x 16 grid, as the official 32 px / patch 2
-
-
-def patchmix_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> PatchMixMoCo:
-    """MoCo v3 heads (ViT: 3-layer projector, 2-layer predictor, both with last BN) + mixing."""
-    vit = is_vit(args)
-    return PatchMixMoCo(backbone, feat_dim, dim=args.moco_dim, mlp_dim=args.moco_mlp_dim,
-                        proj_layers=3 if vit else 2, pred_layers=2, proj_last_bn=True,
-                        pred_last_bn=vit, momentum_encoder=args.momentum_encoder,
-                        mix_size=patchmix_mix_size(args), mix_num=args.mix_num, mix_p=args.mix_p)
-
-
-def dsf_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MoCoV3:
-    """MoCo v3 heads; each branch's ns crops are one forward (DSF's x.view(-1, C, H, W))."""
-    return mocov3_builder(args, backbone, feat_dim, group_size=args.ns)
-
-
-def mocov2_cifar_builder(args: argparse.Namespace, backbone: nn.Module,
-                         feat_dim: int) -> MoCoV2CIFAR:
-    """MoCo CIFAR demo: SplitBN backbone, Linear-ReLU-Linear head, ShuffleBN momentum encoder."""
-    return MoCoV2CIFAR(backbone, feat_dim, dim=args.moco_dim, bn_splits=args.bn_splits,
-                       symmetric=args.symmetric)
-
-
-METHODS: dict[str, Method] = {
-    "mocov3": Method("MoCo v3 (Chen, Xie, He 2021): InfoNCE between predictor and momentum keys",
-                     mocov3_builder, lambda a: MoCoV3Loss(a.moco_t)),
-    "simclr": Method("SimCLR (Chen et al. 2020): NT-Xent over all views, negatives from all ranks",
-                     simclr_builder, lambda a: SimCLRLoss(a.moco_t)),
-    "nnclr": Method("NNCLR (Dwibedi et al. 2021): InfoNCE with the positive swapped for its "
-                    "nearest neighbour in a support set", nnclr_builder,
-                    lambda a: NNCLRLoss(temperature=a.moco_t, queue_size=a.queue_size, dim=a.proj_dim)),
-    "snclr": Method("SNCLR (Ge et al. 2023): MoCo v3 InfoNCE plus soft-weighted bank neighbours as "
-                    "positives", mocov3_builder,
-                    lambda a: SNCLRLoss(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
-                                        dim=a.moco_dim, threshold=a.threshold,
-                                        detach_weights=a.detach_weights)),
-    "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
-                    "NT-Xent", beclr_builder,
-                    lambda a: BeCLRLoss(beclr_temperature(a), a.sigma, a.mixed_loss),
-                    # the official Trainer.bregman_sim monitor on the sub-network outputs
-                    KnnSimilarity("bregman", "subnet",
-                                  lambda a: partial(bregman_similarity, sigma=a.sigma))),
-    "mvmr": Method("MV-MR (Kinakh et al. 2023): MSE + variance hinge + distance correlation "
-                   "between original and augmented views, + dCor with hand-crafted representations",
-                   mvmr_builder, lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
-                                                   representation_sign=a.mvmr_rep_sign)),
-    "patchmix": Method("PatchMix (Shen et al. 2023): soft-target contrasts between patch-mixed and "
-                       "original images", patchmix_builder,
-                       lambda a: PatchMixLoss(temperature=a.moco_t, smoothing=a.src_smoothing,
-                                              m=a.mix_num, mix_smoothing=a.mix_smoothing,
-                                              accumulate=a.mix_accumulate)),
-    "dsf": Method(
-        "DSF (Jeon et al. 2025): CE over -KL between the vMF fits of each image's ns crops",
-        dsf_builder,
-        lambda a: DSFLoss(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
-                          kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official")),
-    "mocov2": Method(
-        "MoCo v2, CIFAR demo (Chen et al. 2020): InfoNCE against a queue of past keys",
-        mocov2_cifar_builder,
-        lambda a: MoCoV2Loss(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
-                             symmetric=a.symmetric)),
-    "mocov2_dsf": Method(
-        "DSF on MoCo v2 CIFAR: CE over [-KL(X||Y) | -KL(X||queue of mean directions)]",
-        mocov2_cifar_builder,
-        lambda a: DSFQueueLoss(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
-                               kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
-                               bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric)),
-    "mvmr_clip": Method("MV-MR distillation (Kinakh et al. 2023): MV-MR with a frozen CLIP image "
-                        "encoder's embedding as the representation (1 - dCor with it)",
-                        lambda a, b, d: mvmr_clip_builder(a, b, d),  # defined below
-                        lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
-                                           representation_sign=-1.0)),
-}
-
-# main_knn.py --similarity choices beyond cosine, each owned by one method
-KNN_SIMILARITIES = {m.knn.name: m.knn for m in METHODS.values() if m.knn is not None}
-ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
-
-
-def add_method_args(parser: argparse.ArgumentParser) -> None:
-    """Every method's own flags, one argument group per method, and the flags whose default
-    depends on the method: views (data/views.py), backbone variant, LARS (utils/optim.py)."""
-    add_view_args(parser)
-    g = parser.add_argument_group("backbone variant (default: the method's official code)")
-    g.add_argument("--zero-init-residual", default=None, type=bool_flag,
-                   help="zero the last BN gamma of every ResNet block (default: true for mocov3 "
-                        "(main_moco.py) and mvmr (src/model/resnet.py), false otherwise)")
-    g.add_argument("--cifar-stem-padding", default=1, type=int,
-                   help="padding of the 3x3 CIFAR stem conv (default: 1; solo-learn recipes: 2, "
-                        "34 x 34 maps from 32 px)")
-    add_lars_args(parser)
-    g = parser.add_argument_group("DSF (dsf, mocov2_dsf)")
-    g.add_argument("--kld-t", "--kld_t", dest="kld_t", default=1.0, type=float,
-                   help="temperature dividing the -KL logits (default: 1.0, DSF's). DSF ignores "
-                        "--moco-t, although its README passes --moco-t 0.2")
-    g.add_argument("--r-bar-coeff", "--R_bar_coeff", dest="r_bar_coeff", default=0.95, type=float,
-                   help="scale on the crops' mean resultant length R (default: 0.95); caps R "
-                        "below 1 so kappa stays finite (1.0 lets kappa reach ~1e8 x D)")
-    g.add_argument("--kappa-normalization", "--kappa_normalization", dest="kappa_normalization",
-                   default=True, type=bool_flag,
-                   help="divide every kappa by the embedding dim D (default: True, DSF's)")
-    g.add_argument("--bessel-sign", default=None, choices=["official", "correct"],
-                   help="sign of log(S_Y/S_X) in the Debye expansion. Default: each variant's "
-                        "official code: dsf 'official' (the MoCo v3 code's '-', docs/methods.md "
-                        "5.6-1), mocov2_dsf 'correct' ('+', which that code already uses)")
-    g = parser.add_argument_group("MoCo v2 CIFAR (mocov2, mocov2_dsf)")
-    g.add_argument("--moco-k", default=4096, type=int,
-                   help="queue size K (default: 4096); keep it a multiple of the global batch "
-                        "(x2 with --symmetric) so no key is dropped at the wrap-around")
-    g.add_argument("--bn-splits", default=8, type=int,
-                   help="SplitBatchNorm groups per process (default: 8, the demo's simulated "
-                        "8 GPUs; 1 = plain BN). The per-process batch x ns must divide by it")
-    g.add_argument("--symmetric", default=False, type=bool_flag,
-                   help="also score branch 2 -> branch 1 (default: False, the official "
-                        "x1 -> x2 only; True costs 2x the compute)")
-    g.add_argument("--randaugment-p", default=0.5, type=probability,
-                   help="probability of torchvision's RandAugment (2 ops, magnitude 9) after the "
-                        "crop (default: 0.5, DSF's CIFAR transform; 0 = off)")
+def simclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
     g.add_argument("--proj-hidden-dim", default=2048, type=int,
                    help="hidden width of the SimCLR projector (solo-learn: 2048)")
@@ -262,11 +73,17 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                    help="output width of the SimCLR projector (solo-learn: 256)")
     g.add_argument("--pred-hidden-dim", "--pred_hidden_dim", dest="pred_hidden_dim", default=4096,
                    type=int, help="NNCLR predictor hidden width (paper, solo-learn: 4096)")
+
+
+def nnclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("NNCLR")
     g.add_argument("--queue-size", "--queue_size", dest="queue_size", default=98304, type=int,
                    help="NNCLR support-set rows, shared by all ranks (default 98304, the paper's; "
                         "solo-learn CIFAR: 65536). Use a multiple of the global batch: at the "
                         "wrap-around the tail of a batch is dropped (solo-learn asserts instead)")
+
+
+def snclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SNCLR")
     g.add_argument("--bank-size", "--bank_size", dest="bank_size", default=98304, type=int,
                    help="SNCLR bank rows PER RANK (default 98304 = the official builder default; "
@@ -278,6 +95,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--detach-weights", nargs="?", const=True, default=False, type=bool_flag,
                    help="stop the gradient the official soft weights send into the projector "
                         "(default false = official behaviour)")
+
+
+def beclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BeCLR")
     g.add_argument("--k-subs", "--k_subs", dest="k_subs", default=None, type=int,
                    help="number of sub-networks K (default: 100 CIFAR/STL as main.py, 200 "
@@ -298,6 +118,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                         "vs code 64) and k_nn (200 vs code 50), not on T; we follow the code")
     g.add_argument("--mixed-loss", default=True, type=bool_flag,
                    help="add the cosine NT-Xent on fc_out (official Trainer.mixed_loss=True)")
+
+
+def mvmr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("MV-MR")
     g.add_argument("--proj-dims", "--out_dim", dest="proj_dims", default="8192-8192-8192",
                    help="MV-MR projector sizes 'hidden-...-D' (official 8192-8192-8192); not "
@@ -318,7 +141,9 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
                    help="3x3/1 conv1 with max-pool kept (official small_kernel; default: "
                         "img_size <= 96)")
-    add_mvmr_clip_args(parser)
+
+
+def patchmix_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("PatchMix")
     g.add_argument("--mix-num", "--mix_num", dest="mix_num", default=2, type=int,
                    help="images per mixed image m (official: 2; 1 = no mixing)")
@@ -354,85 +179,40 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                         "(official ImageNet: 0.05 and 0.35; the official config calls it min_crop)")
 
 
-def backbone_kwargs(args: dict) -> dict:
-    """build_backbone options from a run's args (a dict: also a checkpoint's saved args)."""
-    img_size = args["img_size"]
-    patch = args.get("patch_size") or (16 if img_size >= 128 else 4)
-    kwargs = dict(img_size=img_size, width=args.get("width", 64), patch_size=patch,
-                  stop_grad_conv1=args.get("stop_grad_conv1", False),
-                  drop_path=args.get("drop_path", 0.0),
-                  cifar_stem_padding=args.get("cifar_stem_padding") or 1)
-    if args.get("method") in METHOD_BACKBONE:
-        kwargs.update(METHOD_BACKBONE[args["method"]](args))
-    if args.get("zero_init_residual") is not None:  # the flag wins over the method's default
-        kwargs["zero_init_residual"] = args["zero_init_residual"]
-    return kwargs
+def dsf_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("DSF (dsf, mocov2_dsf)")
+    g.add_argument("--kld-t", "--kld_t", dest="kld_t", default=1.0, type=float,
+                   help="temperature dividing the -KL logits (default: 1.0, DSF's). DSF ignores "
+                        "--moco-t, although its README passes --moco-t 0.2")
+    g.add_argument("--r-bar-coeff", "--R_bar_coeff", dest="r_bar_coeff", default=0.95, type=float,
+                   help="scale on the crops' mean resultant length R (default: 0.95); caps R "
+                        "below 1 so kappa stays finite (1.0 lets kappa reach ~1e8 x D)")
+    g.add_argument("--kappa-normalization", "--kappa_normalization", dest="kappa_normalization",
+                   default=True, type=bool_flag,
+                   help="divide every kappa by the embedding dim D (default: True, DSF's)")
+    g.add_argument("--bessel-sign", default=None, choices=["official", "correct"],
+                   help="sign of log(S_Y/S_X) in the Debye expansion. Default: each variant's "
+                        "official code: dsf 'official' (the MoCo v3 code's '-', docs/methods.md "
+                        "5.6-1), mocov2_dsf 'correct' ('+', which that code already uses)")
 
 
-def mvmr_stem(args: dict) -> dict:
-    """MV-MR's ResNet: 3x3/1 conv1 with the max-pool KEPT for STL/CIFAR (official small_kernel),
-    zero_init_residual=True (docs/methods.md §7.1)."""
-    small = args.get("mvmr_small_kernel")
-    return dict(cifar_stem=args["img_size"] <= 96 if small is None else small, keep_maxpool=True,
-                zero_init_residual=True)
+def mocov2_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("MoCo v2 CIFAR (mocov2, mocov2_dsf)")
+    g.add_argument("--moco-k", default=4096, type=int,
+                   help="queue size K (default: 4096); keep it a multiple of the global batch "
+                        "(x2 with --symmetric) so no key is dropped at the wrap-around")
+    g.add_argument("--bn-splits", default=8, type=int,
+                   help="SplitBatchNorm groups per process (default: 8, the demo's simulated "
+                        "8 GPUs; 1 = plain BN). The per-process batch x ns must divide by it")
+    g.add_argument("--symmetric", default=False, type=bool_flag,
+                   help="also score branch 2 -> branch 1 (default: False, the official "
+                        "x1 -> x2 only; True costs 2x the compute)")
+    g.add_argument("--randaugment-p", default=0.5, type=probability,
+                   help="probability of torchvision's RandAugment (2 ops, magnitude 9) after the "
+                        "crop (default: 0.5, DSF's CIFAR transform; 0 = off)")
 
 
-def beclr_stem(args: dict) -> dict:
-    """BeCLR model.py swaps conv1 for a 3x3/1 conv and drops the max-pool for every main.py
-    dataset (STL-10's 96 px included); model_imgnet.py keeps torchvision's stem, and so do other
-    datasets above 96 px (a 3x3 stem at 224 px would cost ~16x the compute in layer1)."""
-    imagenet = args.get("dataset") in ("imagenet", "in50", "in100", "in200")
-    return dict(cifar_stem=not imagenet and args["img_size"] <= 96)
-
-
-# backbone options a method fixes, from the run's args: evaluation rebuilds the same backbone
-METHOD_BACKBONE: dict[str, Callable[[dict], dict]] = {
-    "mocov3": lambda a: {"zero_init_residual": True},  # main_moco.py: resnet(zero_init_residual=True)
-    "mvmr": mvmr_stem,
-    "mvmr_clip": mvmr_stem,
-    "beclr": beclr_stem,
-    "patchmix": lambda a: {"pos_embed": "learnable"},  # PatchMix keeps timm's learnable pos-embed
-}
-
-
-def build_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
-    """(model, backbone) for args.method, with the backbone built from the run's options."""
-    backbone, feat_dim = build_backbone(args.arch, **backbone_kwargs(vars(args)))
-    return METHODS[args.method].builder(args, backbone, feat_dim), backbone
-
-
-def load_pretrained(path: str) -> tuple[nn.Module, dict]:
-    """The full pretrained model of one of this suite's checkpoints (kNN on projector/sub-network
-    outputs needs more than the backbone), in eval mode, and its args."""
-    ckpt = load_checkpoint(path)
-    if "model" not in ckpt or "args" not in ckpt:
-        raise SystemExit(f"error: {path} is not a checkpoint of this suite's main_pretrain.py "
-                         "(only --features backbone works with moco-v3/DSF checkpoints)")
-    args = argparse.Namespace(**ckpt["args"])
-    model, _ = build_model(args)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt["args"]
-
-
-# ============ MV-MR CLIP distillation (docs/protocols.md section 2) ============
-
-
-def mvmr_clip_builder(args: argparse.Namespace, backbone: nn.Module, feat_dim: int) -> MVMRCLIP:
-    """MV-MR student (as mvmr_builder, no hand-crafted representations) + frozen CLIP teacher."""
-    teacher = partial(build_clip_teacher, args.clip_model, args.clip_pretrained,
-                      args.clip_image_size)  # loaded at the first training step
-    renormalize = None
-    if args.clip_renormalize:  # the official run feeds CLIP the student's normalisation
-        info = dataset_info(args.dataset)
-        mean, std = getattr(args, "mean", None) or info.mean, getattr(args, "std", None) or info.std
-        renormalize = (tuple(mean), tuple(std))
-    model = MVMRCLIP(backbone, feat_dim, teacher, proj_dims=args.proj_dims,
-                     renormalize=renormalize)
-    model.sync_bn = False  # as mvmr: the official Lightning Trainer has no sync_batchnorm
-    return model
-
-
-def add_mvmr_clip_args(parser: argparse.ArgumentParser) -> None:
+def mvmr_clip_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("MV-MR CLIP distillation (mvmr_clip; also reads the MV-MR flags)")
     g.add_argument("--clip-model", default="ViT-B-16",
                    help="open_clip teacher architecture (official: ViT-B-16)")
@@ -444,3 +224,87 @@ def add_mvmr_clip_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-renormalize", default=False, type=bool_flag,
                    help="give CLIP its own input statistics (default: false = official, the "
                         "student's normalised view as it is)")
+
+
+METHODS: dict[str, Method] = {  # mocov3's flags: main_pretrain.py's shared "MoCo v3" group
+    "mocov3": Method("MoCo v3 (Chen, Xie, He 2021): InfoNCE between predictor and momentum keys",
+                     builders.mocov3_builder, lambda a: MoCoV3Loss(a.moco_t)),
+    "simclr": Method("SimCLR (Chen et al. 2020): NT-Xent over all views, negatives from all ranks",
+                     builders.simclr_builder, lambda a: SimCLRLoss(a.moco_t),
+                     add_args=(simclr_args,)),
+    "nnclr": Method("NNCLR (Dwibedi et al. 2021): InfoNCE with the positive swapped for its "
+                    "nearest neighbour in a support set", builders.nnclr_builder,
+                    lambda a: NNCLRLoss(temperature=a.moco_t, queue_size=a.queue_size,
+                                        dim=a.proj_dim),
+                    add_args=(simclr_args, nnclr_args)),
+    "snclr": Method("SNCLR (Ge et al. 2023): MoCo v3 InfoNCE plus soft-weighted bank neighbours as "
+                    "positives", builders.mocov3_builder,
+                    lambda a: SNCLRLoss(temperature=a.moco_t, bank_size=a.bank_size, topk=a.topk,
+                                        dim=a.moco_dim, threshold=a.threshold,
+                                        detach_weights=a.detach_weights),
+                    add_args=(snclr_args,)),
+    "beclr": Method("BeCLR (Rezaei et al. 2021): NT-Xent on a deep Bregman divergence + cosine "
+                    "NT-Xent", builders.beclr_builder,
+                    lambda a: BeCLRLoss(builders.beclr_temperature(a), a.sigma, a.mixed_loss),
+                    # the official Trainer.bregman_sim monitor on the sub-network outputs
+                    KnnSimilarity("bregman", "subnet",
+                                  lambda a: partial(bregman_similarity, sigma=a.sigma)),
+                    add_args=(beclr_args,)),
+    "mvmr": Method("MV-MR (Kinakh et al. 2023): MSE + variance hinge + distance correlation "
+                   "between original and augmented views, + dCor with hand-crafted representations",
+                   builders.mvmr_builder,
+                   lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
+                                      representation_sign=a.mvmr_rep_sign),
+                   add_args=(mvmr_args,)),
+    "patchmix": Method("PatchMix (Shen et al. 2023): soft-target contrasts between patch-mixed and "
+                       "original images", builders.patchmix_builder,
+                       lambda a: PatchMixLoss(temperature=a.moco_t, smoothing=a.src_smoothing,
+                                              m=a.mix_num, mix_smoothing=a.mix_smoothing,
+                                              accumulate=a.mix_accumulate),
+                       add_args=(patchmix_args,)),
+    "dsf": Method(
+        "DSF (Jeon et al. 2025): CE over -KL between the vMF fits of each image's ns crops",
+        builders.dsf_builder,
+        lambda a: DSFLoss(r_bar_coeff=a.r_bar_coeff, kappa_normalization=a.kappa_normalization,
+                          kld_t=a.kld_t, bessel_sign=a.bessel_sign or "official"),
+        add_args=(dsf_args,)),
+    "mocov2": Method("MoCo v2, CIFAR demo (Chen et al. 2020): InfoNCE against a queue of past keys",
+                     builders.mocov2_cifar_builder,
+                     lambda a: MoCoV2Loss(temperature=a.moco_t, queue_size=a.moco_k, dim=a.moco_dim,
+                                          symmetric=a.symmetric),
+                     add_args=(mocov2_args,)),
+    "mocov2_dsf": Method(
+        "DSF on MoCo v2 CIFAR: CE over [-KL(X||Y) | -KL(X||queue of mean directions)]",
+        builders.mocov2_cifar_builder,
+        lambda a: DSFQueueLoss(queue_size=a.moco_k, dim=a.moco_dim, r_bar_coeff=a.r_bar_coeff,
+                               kappa_normalization=a.kappa_normalization, kld_t=a.kld_t,
+                               bessel_sign=a.bessel_sign or "correct", symmetric=a.symmetric),
+        add_args=(dsf_args, mocov2_args)),
+    "mvmr_clip": Method("MV-MR distillation (Kinakh et al. 2023): MV-MR with a frozen CLIP image "
+                        "encoder's embedding as the representation (1 - dCor with it)",
+                        builders.mvmr_clip_builder,
+                        lambda a: MVMRLoss(std_margin=a.std_margin, scale=a.mvmr_scale,
+                                           representation_sign=-1.0),
+                        add_args=(mvmr_args, mvmr_clip_args)),
+}
+
+# main_knn.py --similarity choices beyond cosine, each owned by one method
+KNN_SIMILARITIES = {m.knn.name: m.knn for m in METHODS.values() if m.knn is not None}
+ALIASES = {"mocov3_dsf": "dsf", "mocov2_cifar": "mocov2"}  # DSF's README spells the method --model=mocov3_dsf
+
+
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    """The flags whose default depends on the method: views (data/views.py), backbone variant
+    (models/builders.py), LARS (utils/optim.py); then every METHODS entry's argument groups, each
+    once, in order."""
+    add_view_args(parser)
+    builders.add_backbone_args(parser)
+    add_lars_args(parser)
+    for add_group in dict.fromkeys(g for m in METHODS.values() for g in m.add_args):
+        add_group(parser)  # a group several methods read (DSF, MV-MR, projector) is added once
+
+
+def build_model(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    """(model, backbone) for args.method, with the backbone built from the run's options."""
+    backbone, feat_dim = build_backbone(args.arch, **builders.backbone_kwargs(vars(args)))
+    return METHODS[args.method].builder(args, backbone, feat_dim), backbone

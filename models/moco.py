@@ -72,7 +72,7 @@ class MoCoV3(nn.Module):
         backbone: maps [N, C, H, W] to features [N, feat_dim] (``models.build_backbone``).
         feat_dim: backbone feature width.
         dim, mlp_dim: head output / hidden widths (moco-v3 ``--moco-dim 256 --moco-mlp-dim 4096``).
-        proj_layers, pred_layers, proj_last_bn, pred_last_bn: head depths (methods.mocov3_builder).
+        proj_layers, pred_layers, proj_last_bn, pred_last_bn: head depths (builders.mocov3_builder).
         group_size: views forwarded together, concatenated along the batch (1 = per view).
         momentum_encoder: False makes k the online projector output under no_grad (PatchMix ViT-T).
         key_views: only the first ``key_views`` views go through the target branch (None = all).

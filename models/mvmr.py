@@ -7,7 +7,7 @@ momentum encoder), one forward per view (BatchNorm statistics per view), augment
 the official step does. The representations come from a callable given at construction (the
 registry passes ``data.representations.compute_representations``): models/ does not import data/.
 The official ResNet variant (3x3/1 conv1 with the max-pool kept for STL/CIFAR, zero-init residual
-BN) is a backbone option (models/methods.py::mvmr_stem), so evaluation rebuilds the same backbone.
+BN) is a backbone option (models/builders.py::mvmr_stem), so evaluation rebuilds the same backbone.
 """
 
 from __future__ import annotations

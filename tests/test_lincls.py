@@ -208,8 +208,8 @@ def test_evaluation_rebuilds_the_pretrained_backbone_variant(tmp_path, saved, st
     """Stems decided by the run's dataset or flags (BeCLR, MV-MR small_kernel, solo padding) come
     back from the checkpoint's args; a CIFAR stem on an ImageNet BeCLR run would load the weights
     of a 7x7 conv into a 3x3 one (or silently change padding)."""
+    from models.builders import backbone_kwargs
     from models.encoder import build_encoder
-    from models.methods import backbone_kwargs
     from utils.checkpoint import save_atomic
 
     run = {"arch": "resnet18", "width": 8, **saved}

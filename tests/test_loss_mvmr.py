@@ -238,7 +238,7 @@ def test_two_ranks_equal_one_process():
 def _tiny_resnet():
     """The registry's MV-MR backbone (official small_kernel stem at 16 px), at width 8."""
     from models import build_backbone
-    from models.methods import backbone_kwargs
+    from models.builders import backbone_kwargs
     return build_backbone("resnet18", **backbone_kwargs({"method": "mvmr", "img_size": 16,
                                                          "width": 8}))
 

@@ -12,8 +12,8 @@ from torch import nn
 from torchvision.models import resnet50 as tv_resnet50
 
 from models import BACKBONES, build_backbone
+from models.builders import mocov3_builder
 from models.heads import build_mlp
-from models.methods import mocov3_builder
 from models.moco import MoCoV3, view_groups
 from models.simclr import SimCLR
 from models.vits import DropPath, sincos_pos_embed_2d, vit_small
@@ -92,7 +92,7 @@ def test_cifar_stem_padding():
 
 def test_method_backbone_defaults_and_flag():
     """Per-method variants that evaluation rebuilds from the run's args (backbone_kwargs)."""
-    from models.methods import backbone_kwargs
+    from models.builders import backbone_kwargs
 
     def built(**run):
         args = {"img_size": 224, "width": 16, **run}

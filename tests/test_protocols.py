@@ -24,7 +24,8 @@ from torch import nn
 
 from data.datasets import dataset_info
 from models import build_backbone
-from models.methods import METHODS, backbone_kwargs, build_model
+from models.builders import backbone_kwargs
+from models.methods import METHODS, build_model
 from utils.args import parse_with_config
 from utils.optim import build_optimizer, lars_options
 
