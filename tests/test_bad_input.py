@@ -101,6 +101,7 @@ CASES = [
     (L, "--random-init --epochs 0", USAGE, "--epochs"),
     (L, "--random-init --lr -1", USAGE, "--lr"),
     (L, "--random-init -b 0", USAGE, "--batch-size"),
+    (L, "--random-init -b 33 --multiprocessing-distributed --nproc-cpu 2", USAGE, "not divisible by the 2"),
     (L, "--pretrained /no/such/checkpoint.pth", USAGE, "--pretrained"),
     (L, "--pretrained {garbage.pth}", RUNTIME, "corrupt or truncated"),
     (G, "--dst /tmp/in100", USAGE, "--src"),

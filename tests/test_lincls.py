@@ -185,7 +185,6 @@ def test_val_resize_ratio_is_patchmix_resize_then_centre_crop():
     ({"lr_schedule": "step"}, "needs --lr-steps"),
     ({"backbone_mode": "train", "cache_features": True}, "needs --cache-features false"),
     ({"head_init": "probe", "random_init": True}, "needs --pretrained"),
-    ({"batch_size": 33}, "not a multiple of the 2 processes"),
     ({"epochs": 0}, "at least one epoch"),
 ])
 def test_contradictory_flags_are_one_line_errors(change, message):

@@ -17,12 +17,11 @@ import importlib
 import json
 import os
 import shlex
-import signal
-import sys
 
 import numpy as np
 import pytest
 import yaml
+from helpers import run_script, script_process_state
 from PIL import Image
 
 from models.methods import METHODS
@@ -69,24 +68,8 @@ def tree(tmp_path_factory) -> str:
 
 @pytest.fixture(autouse=True)
 def restore_process_state(monkeypatch):
-    """What the scripts change in the process: print (rank-0 filter), SIGTERM/SIGUSR1 handlers."""
-    monkeypatch.setenv("GIT_OPTIONAL_LOCKS", "0")  # the run's git status must not touch the index
-    saved_print = builtins.print
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    builtins.print = saved_print
-    for s, handler in saved_signals.items():
-        signal.signal(s, handler)
-
-
-def run_script(module_name: str, argv: list[str], monkeypatch) -> argparse.Namespace:
-    """`python MODULE.py ARGV` in this process; returns its args (what the data layer recorded)."""
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(module_name, parents=[module.get_args_parser()])
-    monkeypatch.setattr(sys, "argv", [f"{module_name}.py", *argv])  # results.json's command
-    args = parse_with_config(parser, argv)
-    module.main(args)  # a SystemExit (a non-zero exit) fails the test
-    return args
+    with script_process_state(monkeypatch):
+        yield
 
 
 @pytest.fixture(scope="module")

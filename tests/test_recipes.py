@@ -12,23 +12,18 @@ do; what they change globally (print on rank 0, signal handlers) is put back aft
 
 from __future__ import annotations
 
-import argparse
-import builtins
 import functools
 import glob
-import importlib
 import json
 import os
 import re
 import shlex
-import signal
-import sys
 
 import pytest
 import yaml
+from helpers import run_script, script_process_state
 
 from data import fashion_mnist
-from utils.args import parse_with_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "datasets", "fashion-mnist")
@@ -121,14 +116,6 @@ def knn_ks(words: list[str]) -> list[int]:
 # ============ running the scripts in this process ============
 
 
-def run_script(module_name: str, argv: list[str], monkeypatch) -> None:
-    """`python MODULE.py ARGV` as its __main__ block does it, in this process."""
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(module_name, parents=[module.get_args_parser()])
-    monkeypatch.setattr(sys, "argv", [f"{module_name}.py", *argv])  # results.json's command
-    module.main(parse_with_config(parser, argv))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def bundled_data():
     if fashion_mnist.locate(FMNIST) is None:  # datasets/fashion-mnist, or Debian's copy
@@ -147,15 +134,9 @@ def loaded_once():
 
 @pytest.fixture(autouse=True)
 def restore_process_state(monkeypatch, loaded_once):
-    """What the scripts change in the process: print (rank-0 filter), SIGTERM/SIGUSR1 handlers."""
     monkeypatch.setattr(fashion_mnist, "load", loaded_once)
-    monkeypatch.setenv("GIT_OPTIONAL_LOCKS", "0")  # the run's git status must not touch the index
-    saved_print = builtins.print
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    builtins.print = saved_print
-    for s, handler in saved_signals.items():
-        signal.signal(s, handler)
+    with script_process_state(monkeypatch):
+        yield
 
 
 # ============ the test ============
