@@ -39,78 +39,82 @@ RUN_KEYS = ["method", "arch", "width", "ns", "img_size", "patch_size", "moco_dim
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Multi-view contrastive pretraining", add_help=False)
     add_common_args(parser)
-    g = parser.add_argument_group("method")
-    methods = "; ".join(f"{k}: {m.summary}" for k, m in sorted(METHODS.items()))
+    summaries = "; ".join(f"{k}: {m.summary}" for k, m in sorted(METHODS.items()))
+    g = parser.add_argument_group("method", summaries)
     g.add_argument("--method", "--model", dest="method", default="mocov3",
-                   help=f"one of {sorted(METHODS)} (aliases {ALIASES}). {methods}")
+                   help=f"{', '.join(sorted(METHODS))} (default: mocov3; also {', '.join(ALIASES)})")
     g = parser.add_argument_group("backbone")
     g.add_argument("-a", "--arch", default="resnet50",
-                   help="resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base")
+                   help="resnet18 | resnet34 | resnet50 | vit_tiny | vit_small | vit_base (default: "
+                        "resnet50)")
     g.add_argument("--width", default=64, type=int,
-                   help="ResNet first-stage width (64 = standard; 16 for fast CPU runs)")
+                   help="ResNet first-stage width (default: 64; 16 for fast CPU runs)")
     g.add_argument("--img-size", default=None, type=int,
-                   help="training crop size (default: the dataset's: 224 ImageNet, 32 CIFAR, 28 bundled)")
+                   help="training crop size in px (default: the dataset's: 224 ImageNet, 32 CIFAR, 28 "
+                        "bundled)")
     g.add_argument("--patch-size", default=None, type=int,
                    help="ViT patch size (default: 16 at >= 128 px, else 4)")
     g.add_argument("--stop-grad-conv1", action="store_true",
-                   help="freeze the ViT patch projection at its random init (MoCo v3)")
+                   help="freeze the ViT patch projection at its random init (MoCo v3 ViT recipes)")
     g.add_argument("--drop-path", default=0.0, type=probability,
-                   help="ViT stochastic depth (online only)")
+                   help="ViT stochastic depth of the online encoder (default: 0)")
     g = parser.add_argument_group("MoCo v3 (shared by the momentum methods)")
     g.add_argument("--moco-dim", default=256, type=int, help="embedding dimension (default: 256)")
     g.add_argument("--moco-mlp-dim", default=4096, type=int, help="hidden MLP width (default: 4096)")
     g.add_argument("--moco-m", default=0.99, type=float, help="EMA momentum m0 (default: 0.99)")
-    g.add_argument("--moco-m-cos", action="store_true", help="raise m from m0 to 1 by a half cosine")
+    g.add_argument("--moco-m-cos", action="store_true",
+                   help="raise m from m0 to 1 by a half cosine (default: off)")
     g.add_argument("--moco-t", default=1.0, type=float,
-                   help="softmax temperature of every InfoNCE-family loss (moco-v3 default: 1.0; "
-                        "ViT recipes 0.2). DSF ignores it: it uses --kld-t")
+                   help="temperature of every InfoNCE-family loss (default: 1.0; ViT recipes: 0.2); DSF "
+                        "uses --kld-t")
     g.add_argument("--crop-min", default=0.08, type=float,
-                   help="minimum RandomResizedCrop scale (0.08 ViT, 0.2 ResNet recipes)")
+                   help="minimum RandomResizedCrop scale (default: 0.08; ResNet recipes: 0.2)")
     g.add_argument("--ns", default=1, type=int,
-                   help="crops per branch: each image gives 2 x ns views (DSF: 4)")
+                   help="crops per branch: each image gives 2 x ns views (default: 1; DSF: 4)")
     add_method_args(parser)
     g = parser.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=256, type=int,
-                   help="GLOBAL batch over all processes (moco-v3)")
+                   help="GLOBAL batch over all processes (default: 256)")
     g.add_argument("--lr", "--learning-rate", dest="lr", default=0.6, type=float,
-                   help="base lr; the effective lr is lr x batch / 256")
+                   help="base lr; the effective lr is lr x batch / 256 (default: 0.6)")
     g.add_argument("--min-lr", default=0.0, type=float, help="final lr of the cosine (default: 0)")
     g.add_argument("--epochs", default=100, type=int)
-    g.add_argument("--warmup-epochs", default=10, type=float, help="linear lr warmup (epochs)")
+    g.add_argument("--warmup-epochs", default=10, type=float, help="linear lr warmup in epochs (default: 10)")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=1e-6, type=float)
     g.add_argument("--weight-decay-end", default=None, type=float,
-                   help="cosine weight-decay schedule end value (PatchMix: 0.04 -> 0.4); "
-                        "default: constant")
+                   help="end value of a cosine weight-decay schedule (default: none, constant; PatchMix: "
+                        "0.4)")
     g.add_argument("--optimizer", default="lars", choices=["lars", "sgd", "adamw", "adam"])
-    g.add_argument("--momentum", default=0.9, type=float, help="SGD/LARS momentum")
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD/LARS momentum (default: 0.9)")
     g.add_argument("--exclude-norm-bias", default=False, type=bool_flag,
-                   help="no weight decay on biases and norm parameters (moco-v3 AdamW applies it to "
-                        "all, as DSF does; LARS excludes them itself)")
+                   help="no weight decay on biases and norm parameters (default: false; LARS excludes them "
+                        "itself)")
     g.add_argument("--clip-grad", default=0.0, type=float, help="max grad norm (0 = off)")
     g.add_argument("--momentum-per-epoch", default=False, type=bool_flag,
-                   help="reproduce PatchMix's once-per-epoch momentum update (docs/methods.md §9.6-1)")
+                   help="update the EMA momentum once per epoch (default: false; PatchMix: true, methods.md "
+                        "§9.6-1)")
     g.add_argument("--accum-steps", default=1, type=int,
-                   help="micro-batches per optimizer step; -b stays the global batch of one step "
-                        "(default: 1; raise when -b does not fit in memory)")
+                   help="micro-batches per optimizer step, -b its global batch (default: 1; raise when -b "
+                        "does not fit)")
     g.add_argument("--accum-schedule", default="optimizer", choices=["optimizer", "micro"],
-                   help="lr schedule sized in optimizer steps, or in micro-batches but stepped per "
-                        "optimizer step (MV-MR's Lightning run: N times slower)")
+                   help="size the lr schedule in optimizer steps (default) or in micro-batches (MV-MR, "
+                        "docs/training.md)")
     g = parser.add_argument_group("speed")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16", "bf16-native"],
-                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU; bf16-native = bf16 "
-                        "where the device has bf16 units (CUDA, AVX512-BF16/AMX CPUs), else off")
+                   help="autocast (default: auto = fp16 + GradScaler on CUDA, off on CPU); bf16-native: bf16 "
+                        "where the device has it")
     g.add_argument("--amp-init-scale", default=2.0**16, type=float,
                    help="first fp16 loss scale of the GradScaler (default: 65536)")
     g.add_argument("--max-overflows", default=20, type=int,
                    help="stop after N fp16 overflows (skipped steps) in a row (default: 20; 0 = never)")
     g.add_argument("--compile", default=False, type=bool_flag,
-                   help="torch.compile the model (under DDP: no SyncBatchNorm)")
+                   help="torch.compile the model (default: false; under DDP: no SyncBatchNorm)")
     g.add_argument("--aug-device", default="auto", choices=["auto", "device", "split", "workers"],
-                   help="where views are made (default auto: device for in-memory data, split for "
-                        "folders on CUDA, workers on CPU); split = workers crop, device colours")
+                   help="where views are made (default: auto, per dataset and device); split = workers "
+                        "crop, device colours")
     g.add_argument("--hue-impl", default="float", choices=["float", "pil"],
-                   help="ColorJitter hue: float HSV (default, fast) or PIL's 8-bit HSV (what the "
-                        "official PIL pipelines do)")
+                   help="ColorJitter hue: float HSV (default, faster) or PIL's 8-bit HSV (exact official "
+                        "numerics)")
     add_checkpoint_and_monitor_args(parser)
     return parser
 

@@ -68,162 +68,147 @@ class Method:
 def simclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SimCLR / NNCLR / BeCLR projector")
     g.add_argument("--proj-hidden-dim", default=2048, type=int,
-                   help="hidden width of the SimCLR projector (solo-learn: 2048)")
+                   help="hidden width of the SimCLR projector (default: 2048)")
     g.add_argument("--proj-dim", default=256, type=int,
-                   help="output width of the SimCLR projector (solo-learn: 256)")
+                   help="output width of the SimCLR projector (default: 256)")
     g.add_argument("--pred-hidden-dim", "--pred_hidden_dim", dest="pred_hidden_dim", default=4096,
-                   type=int, help="NNCLR predictor hidden width (paper, solo-learn: 4096)")
+                   type=int, help="hidden width of the NNCLR predictor (default: 4096)")
 
 
 def nnclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("NNCLR")
     g.add_argument("--queue-size", "--queue_size", dest="queue_size", default=98304, type=int,
-                   help="NNCLR support-set rows, shared by all ranks (default 98304, the paper's; "
-                        "solo-learn CIFAR: 65536). Use a multiple of the global batch: at the "
-                        "wrap-around the tail of a batch is dropped (solo-learn asserts instead)")
+                   help="support-set rows shared by all ranks, a multiple of the global batch (default: "
+                        "98304; recipes: 65536)")
 
 
 def snclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SNCLR")
     g.add_argument("--bank-size", "--bank_size", dest="bank_size", default=98304, type=int,
-                   help="SNCLR bank rows PER RANK (default 98304 = the official builder default; "
-                        "official recipe start.sh and main_log.py: 128000)")
+                   help="bank rows per rank (default: 98304; the SNCLR recipe: 128000)")
     g.add_argument("--topk", default=5, type=int,
-                   help="SNCLR neighbours per key K (default 5 = code default; recipe: 30)")
+                   help="neighbours K per key (default: 5; the SNCLR recipe: 30)")
     g.add_argument("--threshold", nargs="?", const=True, default=False, type=bool_flag,
-                   help="keep only soft weights w > 1/K (official flag, default off)")
+                   help="keep only soft weights w > 1/K (default: off)")
     g.add_argument("--detach-weights", nargs="?", const=True, default=False, type=bool_flag,
-                   help="stop the gradient the official soft weights send into the projector "
-                        "(default false = official behaviour)")
+                   help="stop the gradient the soft weights send into the projector (default: false)")
 
 
 def beclr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("BeCLR")
     g.add_argument("--k-subs", "--k_subs", dest="k_subs", default=None, type=int,
-                   help="number of sub-networks K (default: 100 CIFAR/STL as main.py, 200 "
-                        "imagenet/in100 as main_imgnet.py). Watch active_frac: < 0.1 = collapse")
+                   help="number of sub-networks K (default: 100 CIFAR/STL, 200 ImageNet); active_frac "
+                        "< 0.1 means collapse")
     g.add_argument("--subnet-hidden", "--layer_size", dest="subnet_hidden", default=None, type=int,
                    help="hidden width H of each Linear(128,H)-ReLU-Dropout-Linear(H,1) (default: 512 "
-                        "CIFAR/STL, 100 ImageNet; the official --layer_size could not be set from its CLI)")
+                        "CIFAR/STL, 100 ImageNet)")
     g.add_argument("--subnet-dropout", default=0.2, type=probability,
-                   help="dropout in each sub-network (official 0.2: makes phi random in train mode)")
+                   help="dropout in each sub-network (default: 0.2; 0 makes the divergence deterministic)")
     g.add_argument("--sigma", default=0.9, type=float,
-                   help="Bregman bandwidth, s = exp(-d / 2 sigma^2) (training 0.9; the official kNN "
-                        "monitor uses 1.0: main_knn.py --sigma)")
+                   help="training Bregman bandwidth, s = exp(-d / 2 sigma^2) (default: 0.9); the kNN's "
+                        "is main_knn.py --sigma")
     g.add_argument("--feature-dim", "--feature_dim", "--fc_dim", dest="feature_dim", default=128,
-                   type=int, help="fc_out width (default 128; README --feature_dim, main.py --fc_dim)")
+                   type=int, help="fc_out width (default: 128)")
     g.add_argument("--temperature", default=None, type=float,
-                   help="T of both BeCLR terms (default 0.5 CIFAR/STL, 0.1 imagenet/in100; BeCLR "
-                        "ignores --moco-t). The official README and code disagree on batch (512/1024 "
-                        "vs code 64) and k_nn (200 vs code 50), not on T; we follow the code")
+                   help="T of both BeCLR terms (default: 0.5 CIFAR/STL, 0.1 ImageNet); BeCLR ignores "
+                        "--moco-t")
     g.add_argument("--mixed-loss", default=True, type=bool_flag,
-                   help="add the cosine NT-Xent on fc_out (official Trainer.mixed_loss=True)")
+                   help="add the cosine NT-Xent on fc_out (default: true)")
 
 
 def mvmr_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("MV-MR")
     g.add_argument("--proj-dims", "--out_dim", dest="proj_dims", default="8192-8192-8192",
-                   help="MV-MR projector sizes 'hidden-...-D' (official 8192-8192-8192); not "
-                        "--proj-dim (SimCLR). Shrink to e.g. 512-512-512 on CPU")
+                   help="projector sizes 'hidden-...-D' (default: 8192-8192-8192; e.g. 512-512-512 on a "
+                        "CPU)")
     g.add_argument("--std-margin", "--std_margin", dest="std_margin", default=1.0, type=float,
-                   help="margin of the per-dimension std hinge (official std_margin: 1)")
+                   help="margin of the per-dimension std hinge (default: 1)")
     g.add_argument("--mvmr-scale", default=32.0, type=float,
-                   help="z is divided by this before dCor (official fp16 trick: 32; 1 = off)")
+                   help="divide z by this before dCor, for fp16 (default: 32; 1 = off)")
     g.add_argument("--representation-sign", "--mvmr-rep-sign", dest="mvmr_rep_sign", default=1.0,
-                   type=float, help="sign of the representation dCor terms: +1 = official code "
-                                    "(minimises them), -1 = paper/README ('maximise dependence')")
+                   type=float, help="sign of the representation dCor terms: +1 minimises them (default), "
+                                    "-1 maximises them")
     g.add_argument("--representations", "--mvmr-reps", dest="mvmr_reps",
                    default="pixels,scatnet,augment,hog,std",
                    type=lambda s: [n for n in s.split(",") if n],
-                   help="comma list from data/representations.py (default: the official five; "
-                        "scatnet needs kymatio (in requirements.txt); "
-                        "hog_linear / augment_per_image turn the oddities off)")
+                   help="comma list of data/representations.py names (default: "
+                        "pixels,scatnet,augment,hog,std)")
     g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
-                   help="3x3/1 conv1 with max-pool kept (official small_kernel; default: "
-                        "img_size <= 96)")
+                   help="3x3 stride-1 conv1, max-pool kept (default: on at img_size <= 96)")
 
 
 def patchmix_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("PatchMix")
     g.add_argument("--mix-num", "--mix_num", dest="mix_num", default=2, type=int,
-                   help="images per mixed image m (official: 2; 1 = no mixing)")
+                   help="images per mixed image m (default: 2; 1 = no mixing)")
     g.add_argument("--mix-size", "--mix_size", dest="mix_size", default=None, type=int,
-                   help="side in pixels of a mixed patch (official: the ViT patch size, 16 at "
-                        "224 px, 2 at 32 px). Default: --patch-size for ViTs, ceil(img_size / 16) "
-                        "for ResNets. Must divide every crop size, local crops included")
+                   help="side in px of a mixed patch, dividing every crop size (default: --patch-size; "
+                        "ResNets: ceil(img_size/16))")
     g.add_argument("--mix-p", "--mix_p", dest="mix_p", default=1.0, type=probability,
-                   help="probability of mixing at a step (official: 1.0). Drawn once per step for "
-                        "all mixes; the official code draws it per mixed batch")
+                   help="probability of mixing, drawn once per step for all mixes (default: 1.0)")
     g.add_argument("--src-smoothing", default=0.1, type=probability,
-                   help="label smoothing of the original->original and local-crop targets (default "
-                        "0.1: what the official code does, via a default argument of its no_mixer, "
-                        "although its config says smoothing = 0.0; 0 = one-hot targets)")
+                   help="label smoothing of the original->original and local-crop targets (default: 0.1; "
+                        "0 = one-hot)")
     g.add_argument("--mix-smoothing", "--smoothing", dest="mix_smoothing", default=0.0, type=probability,
-                   help="label smoothing of the mixed targets (official config 'smoothing': 0.0)")
+                   help="label smoothing of the mixed targets (default: 0.0)")
     g.add_argument("--mix-accumulate", default=False, type=bool_flag,
-                   help="add target weights of a column listed twice instead of overwriting them "
-                        "(the official scatter_ overwrites; differs only when the per-GPU batch "
-                        "is < 2 x mix-num - 1). Default false = official")
+                   help="add, not overwrite, the weights of a repeated target column (per-GPU batch < "
+                        "2 x mix-num - 1) (default: false)")
     g.add_argument("--momentum-encoder", "--use-moco", "--use_moco", dest="momentum_encoder",
                    default=True, type=bool_flag,
-                   help="keys from an EMA encoder (default true, official ViT-S/B); false = keys "
-                        "are the online projector outputs without gradient (official ViT-T config)")
+                   help="keys from an EMA encoder (default: true); false = online projector outputs "
+                        "without gradient (ViT-T recipes)")
     g.add_argument("--local-crops", "--multi-crop-num", "--multi_crop_num", dest="local_crops",
                    default=0, type=int,
-                   help="local crops per image (official: 8 on ImageNet, 0 on CIFAR)")
+                   help="local crops per image (default: 0; ImageNet recipes: 8)")
     g.add_argument("--local-crop-size", "--multi-crop-size", "--multi_crop_size",
                    dest="local_crop_size", default=96, type=int,
-                   help="local crop side in px (official ImageNet: 96)")
+                   help="local crop side in px (default: 96)")
     g.add_argument("--local-crop-min", default=0.05, type=float,
-                   help="local crops' min RandomResizedCrop scale; their max is --crop-min "
-                        "(official ImageNet: 0.05 and 0.35; the official config calls it min_crop)")
+                   help="min RandomResizedCrop scale of the local crops, whose max is --crop-min (default: "
+                        "0.05)")
 
 
 def dsf_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("DSF (dsf, mocov2_dsf)")
     g.add_argument("--kld-t", "--kld_t", dest="kld_t", default=1.0, type=float,
-                   help="temperature dividing the -KL logits (default: 1.0, DSF's). DSF ignores "
-                        "--moco-t, although its README passes --moco-t 0.2")
+                   help="temperature dividing the -KL logits (default: 1.0); DSF ignores --moco-t")
     g.add_argument("--r-bar-coeff", "--R_bar_coeff", dest="r_bar_coeff", default=0.95, type=float,
-                   help="scale on the crops' mean resultant length R (default: 0.95); caps R "
-                        "below 1 so kappa stays finite (1.0 lets kappa reach ~1e8 x D)")
+                   help="scale on the crops' mean resultant length R, keeping kappa finite (default: 0.95)")
     g.add_argument("--kappa-normalization", "--kappa_normalization", dest="kappa_normalization",
                    default=True, type=bool_flag,
-                   help="divide every kappa by the embedding dim D (default: True, DSF's)")
+                   help="divide every kappa by the embedding dim D (default: true)")
     g.add_argument("--bessel-sign", default=None, choices=["official", "correct"],
-                   help="sign of log(S_Y/S_X) in the Debye expansion. Default: each variant's "
-                        "official code: dsf 'official' (the MoCo v3 code's '-', docs/methods.md "
-                        "5.6-1), mocov2_dsf 'correct' ('+', which that code already uses)")
+                   help="sign of log(S_Y/S_X) in the Debye expansion (default: per method, "
+                        "docs/methods.md §5.6-1)")
 
 
 def mocov2_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("MoCo v2 CIFAR (mocov2, mocov2_dsf)")
     g.add_argument("--moco-k", default=4096, type=int,
-                   help="queue size K (default: 4096); keep it a multiple of the global batch "
-                        "(x2 with --symmetric) so no key is dropped at the wrap-around")
+                   help="queue size K (default: 4096); keep it a multiple of the global batch (x2 with "
+                        "--symmetric)")
     g.add_argument("--bn-splits", default=8, type=int,
-                   help="SplitBatchNorm groups per process (default: 8, the demo's simulated "
-                        "8 GPUs; 1 = plain BN). The per-process batch x ns must divide by it")
+                   help="SplitBatchNorm groups per process, dividing batch x ns (default: 8; 1 = plain BN)")
     g.add_argument("--symmetric", default=False, type=bool_flag,
-                   help="also score branch 2 -> branch 1 (default: False, the official "
-                        "x1 -> x2 only; True costs 2x the compute)")
+                   help="also score branch 2 -> branch 1, at twice the compute (default: false)")
     g.add_argument("--randaugment-p", default=0.5, type=probability,
-                   help="probability of torchvision's RandAugment (2 ops, magnitude 9) after the "
-                        "crop (default: 0.5, DSF's CIFAR transform; 0 = off)")
+                   help="probability of RandAugment (2 ops, magnitude 9) after the crop (default: 0.5; "
+                        "0 = off)")
 
 
 def mvmr_clip_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("MV-MR CLIP distillation (mvmr_clip; also reads the MV-MR flags)")
     g.add_argument("--clip-model", default="ViT-B-16",
-                   help="open_clip teacher architecture (official: ViT-B-16)")
+                   help="open_clip teacher architecture (default: ViT-B-16)")
     g.add_argument("--clip-pretrained", default="laion400m_e32",
-                   help="open_clip weights tag (official: laion400m_e32; 'none' = random, tests "
-                        "only); downloaded once, see docs/protocols.md")
+                   help="open_clip weights tag, downloaded once (default: laion400m_e32; 'none' = random, "
+                        "for tests)")
     g.add_argument("--clip-image-size", default=None, type=int,
-                   help="teacher input size in pixels (default: the model's, 224); tests only")
+                   help="teacher input size in px (default: the model's, 224); for tests")
     g.add_argument("--clip-renormalize", default=False, type=bool_flag,
-                   help="give CLIP its own input statistics (default: false = official, the "
-                        "student's normalised view as it is)")
+                   help="normalise CLIP's input with its own statistics (default: false: the student's "
+                        "view as it is)")
 
 
 METHODS: dict[str, Method] = {  # mocov3's flags: main_pretrain.py's shared "MoCo v3" group
