@@ -251,7 +251,7 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
         "views: one value for every augmented side, or one per side (default: the method's "
         "official recipe; the run prints the resolved views)")
     g.add_argument("--flip-p", nargs="+", type=float, default=None, metavar="P",
-                   help="horizontal flip probability (official: 0.5)")
+                   help="horizontal flip probability (default: the recipe's, 0.5)")
     g.add_argument("--crop-scale", nargs="+", type=float, default=None, metavar="MIN MAX",
                    help="RandomResizedCrop scale range, 2 numbers per side (overrides --crop-min)")
     g.add_argument("--jitter", nargs="+", type=float, default=None, metavar="B C S H",

@@ -139,11 +139,10 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """The flags that override a method's backbone variant (METHOD_BACKBONE) in backbone_kwargs."""
     g = parser.add_argument_group("backbone variant (default: the method's official code)")
     g.add_argument("--zero-init-residual", default=None, type=bool_flag,
-                   help="zero the last BN gamma of every ResNet block (default: true for mocov3 "
-                        "(main_moco.py) and mvmr (src/model/resnet.py), false otherwise)")
+                   help="zero the last BN gamma of every ResNet block (default: per method: true for "
+                        "mocov3 and mvmr)")
     g.add_argument("--cifar-stem-padding", default=1, type=int,
-                   help="padding of the 3x3 CIFAR stem conv (default: 1; solo-learn recipes: 2, "
-                        "34 x 34 maps from 32 px)")
+                   help="padding of the 3x3 CIFAR stem conv (default: 1; solo-learn recipes: 2)")
 
 
 def backbone_kwargs(args: dict) -> dict:

@@ -37,22 +37,24 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
                                                     "DSF checkpoint (module.base_encoder.*)")
     g.add_argument("--random-init", action="store_true",
                    help="evaluate a randomly initialised encoder (the baseline a run must beat)")
-    g.add_argument("-a", "--arch", default="resnet50", help="backbone when it is not in the checkpoint")
+    g.add_argument("-a", "--arch", default="resnet50",
+                   help="backbone when it is not in the checkpoint (default: resnet50)")
     g.add_argument("--method", default=None, help="with --random-init: that method's backbone "
                                                   "variant (MV-MR keeps the ResNet max-pool)")
-    g.add_argument("--width", default=64, type=int, help="ResNet base width with --random-init")
+    g.add_argument("--width", default=64, type=int,
+                   help="ResNet base width with --random-init (default: 64)")
     g.add_argument("--img-size", default=None, type=int,
                    help="input size (default: the checkpoint's, else the dataset's)")
     g.add_argument("--patch-size", default=None, type=int, help="ViT patch size with --random-init")
     g.add_argument("--encoder", default="online", choices=["online", "momentum"],
-                   help="which backbone of a momentum method (PatchMix evaluates the momentum one)")
+                   help="which backbone of a momentum method (default: online; PatchMix: momentum)")
     g = parser.add_argument_group("evaluation input")
     g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
-                   help="resampling of the val resize and the probe's train crop (PatchMix: bicubic)")
+                   help="resampling of the val resize and the probe's train crop (default: bilinear; "
+                        "PatchMix: bicubic)")
     g.add_argument("--val-resize-ratio", default=None, type=ratio,
-                   help="val: Resize(int(size*R)) + CenterCrop(size) at any input size (PatchMix: "
-                        "256/224, so CIFAR 32->36->32); default: 256/224 for images larger than "
-                        "the input size, none otherwise")
+                   help="val Resize(int(size*R)) + CenterCrop(size) (default: 256/224 above the input size, "
+                        "else none)")
 
 
 # run args that change the backbone a method builds (models/builders.py backbone_kwargs and its

@@ -14,40 +14,40 @@ from utils.validate import Known, validate
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="fashion_mnist",
-                   help="fashion_mnist (bundled), cifar10, cifar100, cifar20, stl10, imagenet, in50, "
-                        "in100, in200, folder (default: fashion_mnist)")
+                   help="fashion_mnist (bundled, default), cifar10, cifar100, cifar20, stl10, imagenet, "
+                        "in50, in100, in200, folder")
     g.add_argument("--data", "--data-path", dest="data", default="",
-                   help="dataset root; empty = the default location for the dataset "
-                        "(data/fashion-mnist for the bundled set)")
+                   help="dataset root (default: the dataset's usual place, data/fashion-mnist for the "
+                        "bundled set)")
     g.add_argument("-j", "--workers", default=4, type=int,
                    help="data loading workers per process (default: 4; in-memory datasets use none)")
     g.add_argument("--train-subset", default=0, type=int,
-                   help="use N training images, a class-balanced sample seeded by --seed, the same "
-                        "on every process (quick experiments, tests; 0 = all)")
+                   help="use N training images, class-balanced and seeded by --seed, for quick runs "
+                        "(default: 0 = all)")
     g.add_argument("--val-subset", default=0, type=int,
-                   help="use N validation images, drawn as --train-subset (0 = all)")
+                   help="use N validation images, drawn as --train-subset (default: 0 = all)")
     g.add_argument("--mean", default=None, type=float, nargs=3, metavar=("R", "G", "B"),
-                   help="normalisation mean in [0, 1] (default: the dataset's; ImageNet's for "
-                        "folder trees): set it for your own data, see --compute-stats")
+                   help="normalisation mean in [0, 1] (default: the dataset's; ImageNet's for folders); "
+                        "see --compute-stats")
     g.add_argument("--std", default=None, type=float, nargs=3, metavar=("R", "G", "B"),
                    help="normalisation std (default: the dataset's); set it with --mean")
     g.add_argument("--compute-stats", default=0, type=int, metavar="N",
-                   help="print --mean/--std of N random training images as a flag line and exit "
-                        "(0 = off; e.g. 2000)")
+                   help="print --mean/--std of N random training images and exit (default: 0 = off; e.g. "
+                        "2000)")
     g.add_argument("--on-bad-image", default="fail", choices=["fail", "skip"],
-                   help="an unreadable image in a folder dataset stops the run with its path "
-                        "(fail), or is replaced by the next readable image with a warning (skip)")
+                   help="an unreadable folder image stops the run (fail, default) or is replaced by the "
+                        "next one (skip)")
     g.add_argument("--class-list", default=None,
-                   help="with --dataset folder: a file of the class folder names the tree must hold "
-                        "exactly (e.g. IN100_mvmr.txt; in50/in100/in200 always check their list)")
+                   help="with --dataset folder: a file of the class folders the tree must hold exactly "
+                        "(default: none)")
     g = parser.add_argument_group("distributed (moco-v3 compatible)")
     g.add_argument("--world-size", default=1, type=int,
-                   help="number of nodes before spawn; the total number of processes after (moco-v3)")
-    g.add_argument("--rank", default=0, type=int, help="node rank before spawn (moco-v3)")
+                   help="nodes before spawn, total processes after (default: 1)")
+    g.add_argument("--rank", default=0, type=int, help="node rank before spawn (default: 0)")
     g.add_argument("--dist-url", default="tcp://127.0.0.1:23456", type=str,
-                   help="url used to set up distributed training (moco-v3 style spawn)")
+                   help="url to set up distributed training (default: tcp://127.0.0.1:23456)")
     g.add_argument("--multiprocessing-distributed", action="store_true",
-                   help="spawn one process per GPU (or --nproc-cpu processes on a CPU machine)")
+                   help="spawn one process per GPU, or --nproc-cpu processes on a CPU machine")
     g.add_argument("--nproc-cpu", default=2, type=int,
                    help="processes to spawn per node when there is no GPU (gloo; default: 2)")
     g.add_argument("--dist-timeout", default=600, type=int,
@@ -55,9 +55,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run")
     g.add_argument("--results_dir", "--results-dir", "--output-dir", dest="results_dir",
                    default="results", help="where logs, checkpoints and results.json go")
-    g.add_argument("--seed", default=None, type=int, help="seed for a reproducible run (DSF: 307)")
+    g.add_argument("--seed", default=None, type=int,
+                   help="seed for a reproducible run (default: none; DSF: 307)")
     g.add_argument("--config", default="", help="YAML file of flag defaults (configs/*.yaml); "
-                                                "flags given on the command line still win")
+                                                "command-line flags win")
     g.add_argument("--channels-last", default=True, type=bool_flag,
                    help="channels_last memory format for convolutional backbones (default: true)")
 
@@ -68,26 +69,31 @@ def add_checkpoint_and_monitor_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default="", help="checkpoint path, or 'auto' (newest valid in "
                                                 "--results_dir)")
     g.add_argument("--save-freq-steps", default=0, type=int,
-                   help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
-    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
+                   help="also checkpoint every N steps inside an epoch (default: 0 = end of epoch only)")
+    g.add_argument("--keep-checkpoints", default=2, type=int,
+                   help="keep the newest N (default: 2; 0 = all)")
     g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
-                   help="a non-finite loss or gradient stops the run, or skips the step (counted)")
+                   help="a non-finite loss or gradient stops the run (default) or skips the step (counted)")
     g.add_argument("--print-freq", default=50, type=int,
-                   help="a progress line (ETA, img/s, data and step time, losses) every N steps")
+                   help="a progress line (ETA, img/s, data and step time, losses) every N steps "
+                        "(default: 50)")
     g.add_argument("--log-freq", default=10, type=int,
-                   help="TensorBoard scalars of the loss terms, lr, wd, momentum and speed every N "
-                        "steps (0 = per epoch only)")
+                   help="TensorBoard scalars (losses, lr, wd, momentum, speed) every N steps (default: 10; "
+                        "0 = per epoch)")
     g.add_argument("--verbose", action="store_true", help="print every argument at the start "
                                                           "(they are always in args.json)")
-    g.add_argument("--knn-freq", default=0, type=int, help="kNN monitor every N epochs (0 = off)")
-    g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor")
-    g.add_argument("--knn-t", default=0.1, type=float, help="temperature of the kNN monitor")
+    g.add_argument("--knn-freq", default=0, type=int,
+                   help="kNN monitor every N epochs (default: 0 = off)")
+    g.add_argument("--knn-k", default=200, type=int, help="k of the kNN monitor (default: 200)")
+    g.add_argument("--knn-t", default=0.1, type=float,
+                   help="temperature of the kNN monitor (default: 0.1)")
     g.add_argument("--online-probe", default=False, type=bool_flag,
-                   help="train a linear classifier on detached backbone features of the "
-                        "un-augmented view at every step, report its val top-1 every epoch (MV-MR)")
-    g.add_argument("--online-probe-lr", default=1e-4, type=float, help="its Adam lr (MV-MR: 1e-4)")
+                   help="train a linear head on detached features of the un-augmented view (default: "
+                        "false; MV-MR: true)")
+    g.add_argument("--online-probe-lr", default=1e-4, type=float,
+                   help="the online probe's Adam lr (default: 1e-4)")
     g.add_argument("--steps-per-epoch", default=0, type=int,
-                   help="cap on steps per epoch for smoke tests (0 = the whole dataset)")
+                   help="cap on steps per epoch, for smoke tests (default: 0 = the whole dataset)")
 
 
 def read_config(parser: argparse.ArgumentParser, path: str) -> dict:

@@ -79,13 +79,13 @@ class LARS(torch.optim.Optimizer):
 def add_lars_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("LARS (--optimizer lars)")
     g.add_argument("--lars-eta", default=0.001, type=float,
-                   help="trust coefficient eta (default: 0.001, moco-v3; solo-learn recipes: 0.02)")
+                   help="trust coefficient eta (default: 0.001; solo-learn recipes: 0.02)")
     g.add_argument("--lars-clip", default=False, type=bool_flag,
-                   help="cap each layer's step at lr: q = min(q / lr, 1) (default: false, moco-v3; "
-                        "solo-learn recipes: true)")
+                   help="cap each layer's step at lr, q = min(q / lr, 1) (default: false; solo-learn "
+                        "recipes: true)")
     g.add_argument("--lars-denominator", default="update", choices=["update", "sum"],
-                   help="trust-ratio denominator: |g + wd p| (update, moco-v3) or |g| + wd |p| "
-                        "(sum, solo-learn); default: update")
+                   help="trust-ratio denominator: update = |g + wd p| (default) or sum = |g| + wd |p| "
+                        "(solo-learn recipes)")
 
 
 def lars_options(args: argparse.Namespace) -> dict:
