@@ -38,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--source_folder",
         dest="src",
         required=True,
-        help="ImageNet root holding train/ and val/ class folders, or one split "
-        "folder holding the class folders directly (DSF's usage)",
+        help="ImageNet root holding train/ and val/ class folders, or one split folder of "
+        "class folders",
     )
     parser.add_argument(
         "--dst",
@@ -53,14 +53,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--target_class",
         dest="classes",
         default="in100",
-        help="file with one WNID per line, or a shipped list: in50, in100, in200, in100_mvmr "
-        "(default: in100 = IN100.txt)",
+        help="file of WNIDs, one per line, or a shipped list: in50, in100, in200, in100_mvmr "
+        "(default: in100)",
     )
     parser.add_argument(
         "--copy",
         action="store_true",
-        help="copy the images (default: symlink each class folder, which is "
-        "instant and takes no space)",
+        help="copy the images (default: symlink each class folder, instant and free of space)",
     )
     parser.add_argument(
         "--splits",

@@ -64,75 +64,81 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_encoder_args(parser)  # --pretrained / --random-init -a --method, --encoder, val resizing
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--drop-path", default=0.0, type=probability,
-                   help="ViT stochastic depth (0.1 DeiT)")
+                   help="ViT stochastic depth (default: 0; DeiT recipes: 0.1)")
     g.add_argument("--train-pos-embed", default=False, type=bool_flag,
-                   help="train a fixed sin-cos position embedding (DeiT fine-tuning a moco-v3 ViT)")
+                   help="make a fixed sin-cos position embedding trainable (default: false; moco-v3 ViT "
+                        "recipes: true)")
     g = parser.add_argument_group("labels (semi-supervised)")
     g.add_argument("--label-fraction", default=1.0, type=float,
-                   help="fraction of the training labels (0.01 / 0.1: semi-supervised; 1: all)")
+                   help="fraction of the training labels (default: 1 = all; 0.01 / 0.1: semi-supervised)")
     g.add_argument("--label-subset", default="",
-                   help="file of file names (SimCLR's 1percent.txt) or indices, one per line; "
-                        "overrides the draw")
+                   help="file of file names (e.g. 1percent.txt) or indices, one per line, overriding the "
+                        "draw (default: none)")
     g.add_argument("--label-draw", default="balanced", choices=DRAWS,
                    help="balanced per class (default), mvmr (randint with replacement), beclr "
                         "(random_split)")
-    g.add_argument("--label-seed", default=0, type=int, help="seed of the draw (MV-MR: 0)")
-    g.add_argument("--mvmr-draw", default=1, type=int, help="which randint call MV-MR's subset is")
+    g.add_argument("--label-seed", default=0, type=int, help="seed of the draw (default: 0)")
+    g.add_argument("--mvmr-draw", default=1, type=int,
+                   help="with --label-draw mvmr: which randint call the subset is (default: 1)")
     g = parser.add_argument_group("optimization")
     g.add_argument("-b", "--batch-size", default=256, type=int,
-                   help="GLOBAL batch over all processes")
+                   help="GLOBAL batch over all processes (default: 256)")
     g.add_argument("--lr", default=5e-4, type=float,
-                   help="base lr; effective lr = lr x batch / 256")
-    g.add_argument("--min-lr", default=1e-5, type=float, help="final lr of the cosine (DeiT: 1e-5)")
-    g.add_argument("--warmup-lr", default=1e-6, type=float, help="lr the warmup starts from")
+                   help="base lr; effective lr = lr x batch / 256 (default: 5e-4)")
+    g.add_argument("--min-lr", default=1e-5, type=float, help="final lr of the cosine (default: 1e-5)")
+    g.add_argument("--warmup-lr", default=1e-6, type=float, help="lr the warmup starts from (default: 1e-6)")
     g.add_argument("--epochs", default=100, type=int)
-    g.add_argument("--warmup-epochs", default=5, type=float, help="linear warmup (epochs)")
+    g.add_argument("--warmup-epochs", default=5, type=float, help="linear warmup in epochs (default: 5)")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=0.05, type=float)
     g.add_argument("--wd-exclude-norm-bias", default=True, type=bool_flag,
-                   help="no weight decay on 1-D parameters and pos/cls tokens (timm; MV-MR: false)")
-    g.add_argument("--opt", default="adamw", help="timm optimizer name: adamw, adam, sgd, lamb ...")
+                   help="no weight decay on 1-D parameters and pos/cls tokens (default: true; MV-MR: false)")
+    g.add_argument("--opt", default="adamw", help="timm optimizer name: adamw (default), adam, sgd, lamb ...")
     g.add_argument("--opt-eps", default=1e-8, type=float, help="Adam(W) epsilon")
     g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     g.add_argument("--layer-decay", default=None, type=float,
-                   help="layer-wise lr decay (ViT only; PatchMix 0.75); default: off")
+                   help="layer-wise lr decay, ViT only (default: off; PatchMix: 0.75)")
     g.add_argument("--sched", default="cosine", choices=["cosine", "mvmr", "constant"],
-                   help="cosine with warmup (timm), MV-MR's per-epoch cosine of period = "
-                        "batches per epoch, or constant (BeCLR)")
+                   help="cosine with warmup (default), mvmr (MV-MR's per-epoch cosine) or constant (BeCLR)")
     g.add_argument("--sched-per-epoch", default=False, type=bool_flag,
-                   help="lr changes once per epoch (DeiT/PatchMix); default: every step")
+                   help="change the lr once per epoch (default: every step; DeiT/PatchMix: true)")
     g.add_argument("--sched-epoch-lag", default=False, type=bool_flag,
-                   help="epoch e runs at the lr of e - 1 (DeiT/PatchMix step the scheduler late)")
+                   help="epoch e runs at the lr of e - 1 (default: false; DeiT/PatchMix: true)")
     g.add_argument("--clip-grad", default=0.0, type=float, help="max grad norm (0 = off)")
     g = parser.add_argument_group("augmentation and regularisation")
     g.add_argument("--train-aug", default="timm", choices=AUGS,
-                   help="timm create_transform (DeiT), simple crop + flip (BeCLR), none (eval)")
+                   help="timm create_transform (default), simple crop + flip (BeCLR) or none (the eval "
+                        "transform)")
     g.add_argument("--train-crop", default="auto", choices=["auto", "rrc", "pad"],
-                   help="auto: RandomCrop(padding 4) at <= 32 px as PatchMix, else resized crop")
+                   help="auto (default): RandomCrop(padding 4) at <= 32 px, else a resized crop")
     g.add_argument("--crop-min", default=0.08, type=float,
-                   help="--train-aug simple: min crop scale")
-    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm RandAugment ('' = off)")
-    g.add_argument("--color-jitter", default=0.4, type=float, help="used only without --aa")
+                   help="--train-aug simple: min crop scale (default: 0.08)")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1",
+                   help="timm RandAugment (default: rand-m9-mstd0.5-inc1; '' = off)")
+    g.add_argument("--color-jitter", default=0.4, type=float,
+                   help="ColorJitter strength, used only without --aa (default: 0.4)")
     g.add_argument("--train-interpolation", default="bicubic")
-    g.add_argument("--reprob", default=0.25, type=probability, help="RandomErasing probability")
-    g.add_argument("--mixup", default=0.8, type=float, help="Mixup alpha (0 = off)")
-    g.add_argument("--cutmix", default=1.0, type=float, help="CutMix alpha (0 = off)")
+    g.add_argument("--reprob", default=0.25, type=probability,
+                   help="RandomErasing probability (default: 0.25)")
+    g.add_argument("--mixup", default=0.8, type=float, help="Mixup alpha (default: 0.8; 0 = off)")
+    g.add_argument("--cutmix", default=1.0, type=float, help="CutMix alpha (default: 1.0; 0 = off)")
     g.add_argument("--mixup-prob", default=1.0, type=probability)
-    g.add_argument("--mixup-switch-prob", default=0.5, type=probability, help="CutMix vs Mixup")
-    g.add_argument("--smoothing", default=0.1, type=probability, help="label smoothing")
+    g.add_argument("--mixup-switch-prob", default=0.5, type=probability,
+                   help="probability of CutMix rather than Mixup (default: 0.5)")
+    g.add_argument("--smoothing", default=0.1, type=probability, help="label smoothing (default: 0.1)")
     g.add_argument("--model-ema", default=False, type=bool_flag,
-                   help="keep a weight EMA and evaluate it too (DeiT/PatchMix keep one, report "
-                        "the raw model)")
+                   help="keep a weight EMA and evaluate it too, as top1_ema (default: false)")
     g.add_argument("--model-ema-decay", default=0.99996, type=float)
     g = parser.add_argument_group("run control")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16", "bf16-native"],
-                   help="autocast: auto = fp16 + GradScaler on CUDA, off on CPU")
+                   help="autocast (default: auto = fp16 + GradScaler on CUDA, off on CPU)")
     g.add_argument("--resume", default="",
-                   help="checkpoint path, or 'auto' (newest in --results_dir)")
+                   help="checkpoint path, or 'auto' (newest in --results_dir) (default: none)")
     g.add_argument("--save-freq-steps", default=0, type=int,
-                   help="also checkpoint every N steps inside an epoch (0 = end of epoch only)")
-    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (0 = all)")
+                   help="also checkpoint every N steps inside an epoch (default: 0 = end of epoch only)")
+    g.add_argument("--keep-checkpoints", default=2, type=int, help="keep the newest N (default: 2; 0 = all)")
     g.add_argument("--print-freq", default=50, type=int)
-    g.add_argument("--steps-per-epoch", default=0, type=int, help="cap for smoke tests (0 = all)")
+    g.add_argument("--steps-per-epoch", default=0, type=int,
+                   help="cap on steps per epoch, for smoke tests (default: 0 = all)")
     return parser
 
 

@@ -32,16 +32,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="backbone features (default), projector output, or BeCLR sub-network "
                              "outputs")
     g = parser.add_argument_group("kNN")
-    g.add_argument("--nb-knn", "--k", dest="ks", default=[10, 20, 100, 200], nargs="+", type=int)
-    g.add_argument("--temperature", default=0.07, type=float, help="vote temperature (DINO: 0.07)")
+    g.add_argument("--nb-knn", "--k", dest="ks", default=[10, 20, 100, 200], nargs="+", type=int,
+                   help="numbers of neighbours k to report (default: 10 20 100 200)")
+    g.add_argument("--temperature", default=0.07, type=float, help="vote temperature (default: 0.07)")
     g.add_argument("--similarity", default="cosine", choices=["cosine", *sorted(KNN_SIMILARITIES)],
-                   help="cosine (default), or a method's own monitor, which sets its --features "
-                        "(bregman: BeCLR's, on the sub-network outputs)")
-    g.add_argument("--sigma", default=1.0, type=float, help="Bregman kNN bandwidth (BeCLR: 1.0)")
+                   help="cosine (default), or a method's own monitor, which sets its --features (bregman: "
+                        "BeCLR's)")
+    g.add_argument("--sigma", default=1.0, type=float, help="Bregman kNN bandwidth (default: 1.0)")
     g.add_argument("--knn-bank-dtype", default="fp32", choices=sorted(BANK_DTYPES),
-                   help="storage of the train-feature bank (default fp32; fp16 halves an "
-                        "ImageNet bank, the similarities stay fp32)")
-    g.add_argument("-b", "--batch-size", default=256, type=int, help="per-process batch")
+                   help="storage of the train-feature bank (default: fp32; fp16 halves it, the similarities "
+                        "stay fp32)")
+    g.add_argument("-b", "--batch-size", default=256, type=int, help="per-process batch (default: 256)")
     return parser
 
 

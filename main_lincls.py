@@ -40,35 +40,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_common_args(parser)
     add_encoder_args(parser)
     g = parser.add_argument_group("probe")
-    g.add_argument("-b", "--batch-size", default=256, type=int, help="global batch (default 256)")
+    g.add_argument("-b", "--batch-size", default=256, type=int, help="global batch (default: 256)")
     g.add_argument("--lr", default=0.1, type=float,
-                   help="base lr, x batch/256 (moco-v3: 0.1 ResNet, 3 ViT; DSF: 30)")
-    g.add_argument("--epochs", default=90, type=int)
-    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=0.0, type=float)
+                   help="base lr, x batch/256 (default: 0.1; ViT: 3; DSF: 30)")
+    g.add_argument("--epochs", default=90, type=int, help="training epochs (default: 90)")
+    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=0.0, type=float,
+                   help="weight decay (default: 0)")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "nesterov", "adam"],
-                   help="sgd (moco-v3, DSF, solo), nesterov (PatchMix: timm's 'sgd'), adam (BeCLR, "
-                        "MV-MR; L2 wd)")
+                   help="sgd (default), nesterov (PatchMix) or adam with L2 weight decay (BeCLR, MV-MR)")
     g.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step"],
                    help="per-epoch cosine to 0 (default), or x0.1 at each of --lr-steps")
     g.add_argument("--lr-steps", default=[], nargs="+", type=int,
-                   help="epochs where the step schedule multiplies the lr by 0.1 (solo: 60 80)")
+                   help="epochs where the step schedule multiplies the lr by 0.1 (default: none; solo-learn: "
+                        "60 80)")
     g.add_argument("--cache-features", default=False, type=bool_flag,
-                   help="encode the train set once without augmentation and train the head on the "
-                        "cached features (fast; not the paper protocol, which augments every epoch)")
+                   help="train the head on features encoded once, un-augmented (default: false; fast, not a "
+                        "paper protocol)")
     g.add_argument("--train-aug", default="crop", choices=sorted(TRAIN_AUGS),
-                   help="crop: RandomResizedCrop+flip (default); dsf: + jitter, grey (DSF CIFAR); "
-                        "mvmr: + strong jitter, grey, blur (MV-MR --retrain)")
-    g.add_argument("--crop-min", default=0.08, type=float, help="RandomResizedCrop min scale")
-    g.add_argument("--aug-device", default="auto", choices=["auto", "device", "workers"])
+                   help="crop = RandomResizedCrop + flip (default); dsf, mvmr add those methods' colour ops")
+    g.add_argument("--crop-min", default=0.08, type=float, help="RandomResizedCrop min scale (default: 0.08)")
+    g.add_argument("--aug-device", default="auto", choices=["auto", "device", "workers"],
+                   help="where the train views are made (default: auto, per dataset and device)")
     g.add_argument("--head-init", default="normal", choices=["normal", "default", "probe"],
-                   help="normal: N(0, 0.01), bias 0 (moco-v3); default: nn.Linear's (PatchMix); "
-                        "probe: the checkpoint's online probe (MV-MR --retrain)")
+                   help="normal = N(0, 0.01) (default), default = nn.Linear's (PatchMix), probe = the "
+                        "checkpoint's online probe")
     g.add_argument("--head-outputs", default=0, type=int,
-                   help="head outputs (default 0 = the class count; DSF CIFAR: 128)")
+                   help="head outputs (default: 0 = the class count; DSF CIFAR: 128)")
     g.add_argument("--backbone-mode", default="eval", choices=["eval", "train"],
-                   help="eval (default); train: frozen weights but BN batch statistics, running "
-                        "statistics updated (BeCLR linear.py)")
+                   help="eval (default); train = frozen weights but BN on batch statistics, running ones "
+                        "updated (BeCLR)")
     return parser
 
 

@@ -47,21 +47,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_encoder_args(parser)  # --pretrained/--random-init/-a/--encoder ..., as main_knn.py
     g = parser.add_argument_group("VOC07 (defaults: MV-MR configs/imagenet_voc.yaml)")
     g.add_argument("--train-split", default="train",
-                   help="ImageSets/Main split to train on (MV-MR: train; SVM protocol: trainval)")
-    g.add_argument("--val-split", default="val", help="split to report (MV-MR: val; else test)")
-    g.add_argument("--epochs", default=1000, type=int, help="linear-layer epochs (MV-MR: 1000)")
+                   help="ImageSets/Main split to train on (default: train; SVM protocol: trainval)")
+    g.add_argument("--val-split", default="val", help="split to report (default: val; SVM protocol: test)")
+    g.add_argument("--epochs", default=1000, type=int, help="linear-layer epochs (default: 1000)")
     g.add_argument("-b", "--batch-size", default=32, type=int,
-                   help="linear-layer batch (MV-MR: 32)")
-    g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (MV-MR: 1e-4)")
-    g.add_argument("--wd", default=1e-6, type=float, help="Adam weight decay (MV-MR: 1e-6)")
+                   help="linear-layer batch (default: 32)")
+    g.add_argument("--lr", default=1e-4, type=float, help="Adam learning rate (default: 1e-4)")
+    g.add_argument("--wd", default=1e-6, type=float, help="Adam weight decay (default: 1e-6)")
     g.add_argument("--crop", default=300, type=int,
-                   help="input size in pixels (MV-MR: 300; val: Resize(crop * --val-resize-ratio, "
-                        "default 1.1) + CenterCrop)")
+                   help="input size in px (default: 300); val images are resized by --val-resize-ratio "
+                        "(1.1), then centre-cropped")
     g.add_argument("--augment", default=True, type=bool_flag,
-                   help="re-extract augmented train features each epoch (MV-MR; false: once, "
+                   help="re-extract augmented train features each epoch (default: true; false: once, "
                         "un-augmented, far faster)")
-    g.add_argument("--eval-freq", default=10, type=int, help="score the val split every N epochs")
-    g.add_argument("--extract-batch-size", default=64, type=int, help="per-process encoding batch")
+    g.add_argument("--eval-freq", default=10, type=int,
+                   help="score the val split every N epochs (default: 10)")
+    g.add_argument("--extract-batch-size", default=64, type=int,
+                   help="per-process encoding batch (default: 64)")
     parser.set_defaults(dataset="voc07", seed=0)
     return parser
 
