@@ -53,8 +53,8 @@ def get_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=8, help="data loader workers (default: 8)")
     p.add_argument("--methods", default="all", help="comma list of methods (default: all)")
     p.add_argument("--variant-methods", default="simclr,mocov3_vit",
-                   help="methods also run with bf16 and with --compile (default: a ResNet and a "
-                        "ViT recipe; 'method_vit' picks the method's ViT recipe)")
+                   help="methods also run with bf16 and --compile, 'method_vit' for a ViT recipe (default: "
+                        "simclr,mocov3_vit)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense fp16/bf16 peak for MFU (default: from its name)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "gpu_check"),
