@@ -3,7 +3,7 @@ and rewrites benchmarks/RESULTS.md; each `python -m benchmarks.bench_*` also run
 
 import os
 
-# Before torch loads libgomp: OpenMP threads that spin while waiting made 2-thread ops up to 20x
-# slower whenever another process held the cores (measured on the shared 2-core CPU); sleeping
-# waiters cost little when the machine is idle. Set OMP_WAIT_POLICY=ACTIVE to measure the default.
+# Before torch loads libgomp: OpenMP threads that spin while waiting made 2-thread ops many times
+# slower whenever another process held the cores; sleeping waiters cost little when the machine
+# is idle. Set OMP_WAIT_POLICY=ACTIVE to measure the default.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

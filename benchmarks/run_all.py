@@ -2,8 +2,8 @@
 
     python -m benchmarks.run_all [--quick]
 
-On the 2-core CPU shared with other jobs (load average about 4): 8 minutes, --quick under 4
-(smaller batch, fewer recipes and sizes).
+--quick runs a smaller batch and fewer recipes and sizes; RESULTS.md records each benchmark's wall
+time.
 
 Needs requirements-bench.txt (lightly, the peer). Numbers on a shared machine are noisy: the load
 average before and after each benchmark is recorded next to its results.
@@ -57,7 +57,8 @@ def targets_table(targets: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the ~3-minute version")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller batch, fewer recipes and sizes (default: off)")
     parser.add_argument(
         "--only",
         nargs="+",

@@ -118,7 +118,7 @@ def color_jitter(
         x = (ratio * x + (1 - ratio) * target).clamp_(0.0, 1.0)
         if with_hue and _sync_free(x):  # every sample, kept only where selected: no host sync
             x = torch.where(per_sample(op == 3), hue_op(x, f), x)
-        elif with_hue:  # on the CPU only the selected samples (2-3x faster, same output)
+        elif with_hue:  # on the CPU only the selected samples (faster, same output)
             idx = (op == 3).nonzero().squeeze(1)
             x = x.index_copy(0, idx, hue_op(x[idx], f[idx]))
     return x

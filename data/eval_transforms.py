@@ -45,7 +45,7 @@ def to_uint8_tensor(img: Image.Image | Tensor) -> Tensor:
     """PIL image or uint8 tensor [C, H, W] -> uint8 RGB tensor [3, H, W].
 
     A PIL image comes out contiguous (pil_to_tensor's HWC -> CHW view is copied): the tensor
-    kernels downstream (hue, blur, normalise) are 20-50 % slower on the channels-last view."""
+    kernels downstream (hue, blur, normalise) are slower on the channels-last view."""
     if isinstance(img, Image.Image):
         img = TF.pil_to_tensor(img.convert("RGB")).contiguous()
     if img.dtype != torch.uint8:

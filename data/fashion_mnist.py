@@ -3,7 +3,7 @@
 Files: train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
 t10k-labels-idx1-ubyte.gz (uncompressed copies without `.gz` also work), looked up in `root`, then
 in the Debian package's folder (`apt-get install dataset-fashion-mnist`). Decoding the train split
-takes about 0.6 s, so nothing is cached.
+is quick, so nothing is cached.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ set -euo pipefail
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 # OpenMP threads sleep instead of spinning while they wait: with another job on the cores, spinning
-# made 2-thread ops up to 20x slower here (benchmarks/RESULTS.md); set it yourself to override
+# made 2-thread ops many times slower; set it yourself to override
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 PYTHON=${PYTHON:-python3}
 FMNIST_DIR=${FMNIST_DIR:-datasets/fashion-mnist}

@@ -31,7 +31,7 @@ def amp_dtype(args: Any) -> torch.dtype | None:
     choice = args.amp
     if choice == "auto":
         choice = "fp16" if args.device.type == "cuda" else "off"
-    if choice == "bf16-native":  # bf16 only where it is fast; emulated bf16 costs ~10x fp32
+    if choice == "bf16-native":  # bf16 only where it is fast; emulated bf16 is far slower than fp32
         choice = "bf16" if native_bf16(args.device) else "off"
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
