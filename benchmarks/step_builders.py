@@ -68,19 +68,19 @@ def make_views(args: argparse.Namespace) -> list[Tensor]:
     return [torch.randn(args.batch_size, 3, s.size, s.size, device=args.device) for s in specs]
 
 
+def optimizer_for(module: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """The run's optimizer over module's parameters (the same for our step and the peer's)."""
+    return build_optimizer(args.optimizer, param_groups(module, args.exclude_norm_bias),
+                           args.lr_effective, args.weight_decay, args.momentum)
+
+
 def build_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None], int]:
     """(step, loss_only, V) for our method: the train_one_epoch step and the loss alone."""
     model = build_model(args)[0].to(args.device)
     if uses_channels_last(args):
         model = model.to(memory_format=torch.channels_last)
     criterion = METHODS[args.method].loss(args).to(args.device)
-    optimizer = build_optimizer(
-        args.optimizer,
-        param_groups(model, args.exclude_norm_bias),
-        args.lr_effective,
-        args.weight_decay,
-        args.momentum,
-    )
+    optimizer = optimizer_for(model, args)
     model.train()
     criterion.train()
     views = make_views(args)
@@ -148,13 +148,7 @@ def build_peer_step(args: argparse.Namespace) -> Callable[[], None]:
     if uses_channels_last(args):
         net = net.to(memory_format=torch.channels_last)
     criterion = NTXentLoss(temperature=args.moco_t)
-    optimizer = build_optimizer(
-        args.optimizer,
-        param_groups(net, args.exclude_norm_bias),
-        args.lr_effective,
-        args.weight_decay,
-        args.momentum,
-    )
+    optimizer = optimizer_for(net, args)
     net.train()
     x0, x1 = make_views(args)[:2]
     if uses_channels_last(args):
