@@ -1,7 +1,10 @@
-"""The package dependency rule of STYLE.md B1, parsed from the imports, and README coverage."""
+"""The package dependency rule of STYLE.md B1 parsed from the imports, README coverage, names after
+method keys, doc references that resolve and file lengths."""
 
 import ast
 import os
+import re
+import subprocess
 
 import pytest
 
@@ -106,3 +109,47 @@ def test_readme_documents_every_method():
         readme = f.read()
     for name in METHODS:
         assert f"`--method {name}`" in readme, f"README has no row for --method {name}"
+
+
+def test_every_methods_md_reference_names_a_section():
+    """`methods.md §N` anywhere in the repository points at a heading of docs/methods.md."""
+    with open(os.path.join(ROOT, "docs", "methods.md")) as f:
+        sections = set(re.findall(r"^#+ §(\d+(?:\.\d+)?)", f.read(), flags=re.M))
+    cited = {}
+    for path in tracked_text_files():
+        with open(os.path.join(ROOT, path), errors="replace") as f:
+            for number in re.findall(r"methods\.md ?§ ?(\d+(?:\.\d+)?)", f.read()):
+                cited.setdefault(number, path)
+    assert cited, "the pattern found no reference at all"
+    assert not {n: p for n, p in cited.items() if n not in sections}, sections
+
+
+def tracked_text_files():
+    out = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.sh", "*.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [p for p in out.split() if os.path.isfile(os.path.join(ROOT, p))]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_loss_module_class_and_test_are_named_after_a_method_key(method):
+    """lightly's convention: --method beclr -> losses/beclr.py::BeCLRLoss, tests/test_loss_beclr.py
+    (a variant such as mocov2_dsf or mvmr_clip may reuse the loss of the method it varies)."""
+    import main_pretrain
+
+    parser = main_pretrain.get_args_parser()
+    args = parser.parse_args(["--method", method, "--dataset", "cifar10"])
+    loss = METHODS[method].loss(args)
+    key = type(loss).__module__.removeprefix("losses.")
+    assert key in METHODS and type(loss).__name__.endswith("Loss"), type(loss)
+    assert os.path.isfile(os.path.join(ROOT, "tests", f"test_loss_{key}.py"))
+
+
+def test_no_source_file_is_over_400_lines():
+    """STYLE: a file does one job; past ~400 lines it usually does several (tests excepted)."""
+    long = {}
+    for path in tracked_text_files():
+        if path.endswith(".py") and not path.startswith("tests/"):
+            with open(os.path.join(ROOT, path)) as f:
+                if (n := sum(1 for _ in f)) > 400:
+                    long[path] = n
+    assert not long
