@@ -53,7 +53,8 @@ def _resample_matrix(
     # when downsampling, the filter is stretched by `scale` (antialiasing)
     weights = _filter((t - center + 0.5) / scale.clamp(min=1.0), interpolation)
     weights = weights * ((t >= 0) & (t < length))  # only pixels inside the crop
-    return weights / weights.sum(dim=-1, keepdim=True)
+    # an output pixel in the zero padding of a padded crop (ViewSpec.pad) has no input pixel: 0
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-30)
 
 
 def crop_resize(x: Tensor, params: ViewParams, size: int, interpolation: str) -> Tensor:

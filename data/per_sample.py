@@ -3,8 +3,8 @@ with torchvision.transforms.v2 on uint8 tensors, for folder datasets decoded in 
 `BatchMultiView` (data/batched.py) draws from the same distributions, vectorised over a batch.
 
 Views are side-major, `[t1 x ns, t2 x ns, local crops ...]` (STYLE B2). The op order is MoCo v3's
-(`main_moco.py`): RandomResizedCrop -> ColorJitter (p) -> Grayscale (p) -> GaussianBlur (p) ->
-Solarize (p) -> HorizontalFlip -> Normalize, with DSF's CIFAR RandAugment (p, off by default) right
+(`main_moco.py`): RandomResizedCrop (or the padded RandomCrop of `ViewSpec.pad`) -> ColorJitter
+(p) -> Grayscale (p) -> GaussianBlur (p) -> Solarize (p) -> HorizontalFlip -> Normalize, with DSF's CIFAR RandAugment (p, off by default) right
 after the crop: RandomResizedCrop -> RandAugment (p) -> ColorJitter (p) -> ...
 
 Blur kernel: MoCo v3, DSF, SNCLR and PatchMix blur with PIL `GaussianBlur(radius=sigma)`, a
@@ -103,8 +103,11 @@ class _ColorJitter(v2.ColorJitter):
         return y[0].mul_(255).round_().to(torch.uint8)
 
 
-def random_resized_crop(spec: ViewSpec) -> v2.RandomResizedCrop:
-    """The view's crop as torchvision draws it: the per-sample and split placements share it."""
+def view_crop(spec: ViewSpec) -> v2.Transform:
+    """The view's crop as torchvision draws it: the per-sample and split placements share it.
+    RandomResizedCrop, or with `spec.pad` RandomCrop(size, padding=pad) (fill 0, constant)."""
+    if spec.pad is not None:
+        return v2.RandomCrop(spec.size, padding=spec.pad, fill=0, padding_mode="constant")
     return v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio,
                                 interpolation=_INTERPOLATIONS[spec.interpolation], antialias=True)
 
@@ -115,7 +118,7 @@ def _reference_view(
     if not spec.crop:
         ops: list[Any] = [_EvalResize(spec.size, None, True, spec.interpolation)]
     else:
-        ops = [random_resized_crop(spec)]
+        ops = [view_crop(spec)]
         if spec.randaugment_p > 0:
             ra = v2.RandAugment(spec.randaugment_ops, spec.randaugment_magnitude)
             ops.append(v2.RandomApply([ra], p=spec.randaugment_p))

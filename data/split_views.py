@@ -5,8 +5,9 @@ loader workers the bottleneck when each view is made whole per sample (`MultiVie
 placement cuts every view in two:
 
 * `GeometricViews` (in the workers, per sample, seeded by `SeededSamples`): decode once, then per
-  view RandomResizedCrop + resize to the final size (+ horizontal flip) on the uint8 image, giving
-  uint8 [3, S, S]; the default collate makes list[uint8 [B, 3, S, S]], side-major.
+  view RandomResizedCrop + resize to the final size, or the padded RandomCrop of `ViewSpec.pad`
+  (+ horizontal flip) on the uint8 image, giving uint8 [3, S, S]; the default collate makes
+  list[uint8 [B, 3, S, S]], side-major.
 * `DevicePhotometric` (on the training device, batched): the rest of `BatchMultiView`'s engine,
   RandAugment, jitter, grey, blur, solarize and normalisation, with per-sample parameters drawn by
   `sample_params` from the same ViewSpec distributions, using the global torch RNG of that device
@@ -30,7 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from data.batched import ViewGroups, photometric
 from data.eval_transforms import _to_float, resize_for_eval
-from data.per_sample import random_resized_crop
+from data.per_sample import view_crop
 from data.randaugment import randaugment
 from data.view_params import sample_params
 from data.views import ViewSpec
@@ -49,7 +50,7 @@ def _as_uint8_chw(img: Image.Image | Tensor) -> Tensor:
 def _geometric_view(spec: ViewSpec) -> Any:
     if not spec.crop:  # the un-augmented view: resize only, as the other placements
         return lambda x: resize_for_eval(x, spec.size, interpolation=spec.interpolation)
-    ops: list[Any] = [random_resized_crop(spec)]
+    ops: list[Any] = [view_crop(spec)]
     if spec.flip_p > 0 and spec.randaugment_p == 0:  # with RandAugment: flipped on the device
         ops.append(v2.RandomHorizontalFlip(p=spec.flip_p))
     return v2.Compose(ops)

@@ -17,7 +17,8 @@ from data.views import ViewSpec
 class ViewParams(NamedTuple):
     """Random parameters of n augmented samples of one ViewSpec (all tensors have leading dim n).
 
-    top/left/height/width: crop box (int64, pixels of the input). flip, jitter, gray, blur,
+    top/left/height/width: crop box (int64, pixels of the input; a padded crop's box, `ViewSpec.pad`,
+    may reach up to pad pixels outside the image, which reads zeros there). flip, jitter, gray, blur,
     solarize: bool masks (op applied). factors [n, 4]: brightness, contrast, saturation, hue.
     order [n, 4]: ColorJitter's op order, a permutation of 0..3 in that same numbering.
     sigma [n]: blur std. randaugment [n]: bool mask (RandAugment applied); randaugment_ops
@@ -101,6 +102,27 @@ def _sample_boxes(
     return top, left, h, w
 
 
+def _sample_padded(
+    n: int,
+    height: int,
+    width: int,
+    size: int,
+    pad: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RandomCrop(size, padding=pad).get_params for n samples: offsets uniform over
+    0..H + 2 pad - size of the padded image, returned in input coordinates (minus pad)."""
+    ph, pw = height + 2 * pad, width + 2 * pad
+    if ph < size or pw < size:
+        raise ValueError(f"padded crop of {size} px larger than the padded input {ph}x{pw}")
+    u = _rand((2, n), generator, device, torch.float64)
+    top = (u[0] * (ph - size + 1)).long().clamp_(max=ph - size) - pad
+    left = (u[1] * (pw - size + 1)).long().clamp_(max=pw - size) - pad
+    full = torch.full((n,), size, dtype=torch.long, device=device)
+    return top, left, full, full.clone()
+
+
 def sample_params(
     spec: ViewSpec,
     n: int,
@@ -114,7 +136,10 @@ def sample_params(
     The RandAugment parameters are drawn last, and only if spec.randaugment_p > 0, so that the
     random stream of a spec without RandAugment does not depend on the RandAugment fields."""
     device = torch.device(device or "cpu")
-    top, left, h, w = _sample_boxes(n, height, width, spec.scale, spec.ratio, generator, device)
+    if spec.pad is None:
+        top, left, h, w = _sample_boxes(n, height, width, spec.scale, spec.ratio, generator, device)
+    else:
+        top, left, h, w = _sample_padded(n, height, width, spec.size, spec.pad, generator, device)
     b, c, s, hue = spec.jitter
     factors = torch.stack(
         [

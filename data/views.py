@@ -38,6 +38,11 @@ class ViewSpec:
     with probability `randaugment_p` right after the crop. From DSF's CIFAR recipe (Jeon789/DSF
     `train_moco_cifar_multiview.py`: "RandAugment p=0.5" with the defaults num_ops=2,
     magnitude=9); off (p=0) by default, so the other recipes are unchanged.
+
+    `pad`: None (default) crops with RandomResizedCrop(scale, ratio, interpolation); an int p >= 0
+    crops with torchvision's `RandomCrop(size, padding=p)` instead (zeros padded on every side,
+    padding_mode constant, a uniform size x size window, no resizing; scale, ratio and
+    interpolation unused): MV-MR's `cifar` policy, `RandomCrop(32, padding=4)`.
     """
 
     size: int
@@ -57,10 +62,15 @@ class ViewSpec:
     randaugment_p: float = 0.0
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
+    pad: int | None = None
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise ValueError(f"ViewSpec.size must be positive, got {self.size}")
+        if self.pad is not None and (not isinstance(self.pad, int) or self.pad < 0
+                                     or not self.crop):
+            raise ValueError(f"ViewSpec.pad must be None or an int >= 0 on a cropped view, "
+                             f"got {self.pad}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"ViewSpec.interpolation must be one of {sorted(INTERPOLATIONS)}")
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p", "randaugment_p"):
@@ -174,11 +184,19 @@ def beclr_views(args: argparse.Namespace) -> list[Side]:
     return _pair("view", [spec, spec], 1)
 
 
+MVMR_POLICIES = ("auto", "custom", "cifar20", "cifar")
+
+
 def mvmr_views(args: argparse.Namespace) -> list[Side]:
-    """MV-MR src/transform/transform.py: [original, augmented]; the "cifar20" policy at <= 64 px,
-    "custom" above (blur always, kernel 2 * int(0.05 * size) + 1)."""
-    size = args.img_size
-    if size <= 64:
+    """MV-MR src/transform/transform.py:37-74: [original, augmented]; --mvmr-policy auto is the
+    "cifar20" policy at <= 64 px, "custom" above (blur always, kernel 2 * int(0.05 * size) + 1);
+    "cifar" is RandomCrop(32, padding=4) + flip only (the CIFAR-100 distillation)."""
+    size, policy = args.img_size, getattr(args, "mvmr_policy", "auto")
+    if policy == "auto":
+        policy = "cifar20" if size <= 64 else "custom"
+    if policy == "cifar":
+        aug = ViewSpec(size, pad=4, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    elif policy == "cifar20":
         aug = ViewSpec(size, scale=(0.2, 1.0), interpolation="bicubic",
                        jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, gray_p=0.1, blur_p=0.0)
     else:
@@ -290,6 +308,9 @@ def apply_overrides(sides: Sequence[Side], args: argparse.Namespace) -> list[Sid
         if raw is None or not augmented:
             continue
         for i, value in zip(augmented, _values(flag, raw, width, names)):
+            if field == "scale" and out[i].spec.pad is not None:
+                raise SystemExit(f"error: --crop-scale: side {out[i].name!r} is a padded "
+                                 "RandomCrop (no scale)")
             if field == "scale" and not 0.0 < value[0] <= value[1] <= 1.0:
                 raise SystemExit(f"error: --crop-scale {value[0]} {value[1]}: need "
                                  "0 < MIN <= MAX <= 1")
@@ -316,7 +337,9 @@ def describe(sides: Sequence[Side]) -> list[str]:
             continue
         blur = f"blur {s.blur_p:g}" + (f" (sigma {s.blur_sigma[0]:g}-{s.blur_sigma[1]:g}, "
                                        f"kernel {s.kernel_size})" if s.blur_p else "")
-        parts = [f"crop scale ({s.scale[0]:g}, {s.scale[1]:g}) {s.interpolation}",
+        crop = (f"crop scale ({s.scale[0]:g}, {s.scale[1]:g}) {s.interpolation}"
+                if s.pad is None else f"random crop padding {s.pad}")
+        parts = [crop,
                  f"flip {s.flip_p:g}",
                  "jitter ({}) p {:g}".format(", ".join(f"{v:g}" for v in s.jitter), s.jitter_p),
                  f"gray {s.gray_p:g}", blur, f"solarize {s.solarize_p:g}"]

@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from data.views import Side, ViewSpec, add_view_args, describe, expand, resolve_sides
+from data.views import MVMR_POLICIES, Side, ViewSpec, add_view_args, describe, expand, resolve_sides
 from losses.base import ContrastiveLoss
 from losses.beclr import BeCLRLoss, bregman_similarity
 from losses.dsf import DSFLoss, DSFQueueLoss
@@ -135,6 +135,10 @@ def mvmr_args(parser: argparse.ArgumentParser) -> None:
                         "pixels,scatnet,augment,hog,std)")
     g.add_argument("--mvmr-small-kernel", default=None, type=bool_flag,
                    help="3x3 stride-1 conv1, max-pool kept (default: on at img_size <= 96)")
+    g.add_argument("--mvmr-policy", "--aug_policy", dest="mvmr_policy", default="auto",
+                   choices=MVMR_POLICIES,
+                   help="augmented view (default: auto = cifar20 at <= 64 px, else custom; cifar = "
+                        "RandomCrop(32, padding 4) + flip)")
 
 
 def patchmix_args(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from scipy import stats
 from test_reliability import assert_same, run, write_image
+from test_transforms_stats import padded_offsets
 from torch.utils.data import default_collate
 from torchvision.transforms import functional as TF1
 from torchvision.transforms import v2
@@ -126,6 +127,30 @@ def test_worker_crop_scale_ratio_and_flip_match_the_viewspec():
     assert stats.ks_2samp(ratio.numpy(), ref_ratio.numpy()).pvalue > KS_P_MIN
     assert 0.2 - 1e-2 <= area.min() and area.max() <= 0.9 + 1e-2
     _assert_rate(torch.tensor(flips), 0.3)
+
+
+def test_padded_crop_zeros_offsets_and_flip_match_the_other_placements():
+    """ViewSpec.pad (MV-MR's cifar policy): the worker pads with zeros, crops at offsets uniform
+    over 0..2 pad (as the per-sample and batched paths, tests/test_transforms_stats.py) and flips;
+    the device stage keeps the zeros (before the normalisation) and the flip rate is the spec's."""
+    spec, pad = ViewSpec(16, pad=4, flip_p=0.3, **PLAIN), 4
+    img = torch.full((3, 16, 16), 200, dtype=torch.uint8)
+    img[0, :, :8] = 100  # left half darker in R: the flip is visible
+    worker = GeometricViews([spec])
+    torch.manual_seed(3)
+    batch = default_collate([worker(img) for _ in range(N // 2)])
+    views = DevicePhotometric([spec], *IDENTITY)(batch)[0]
+    assert views.shape == (N // 2, 3, 16, 16) and views.dtype == torch.float32
+    green = views[:, 1:2].expand(-1, 3, -1, -1)  # constant 200 where not padded
+    for offsets in padded_offsets(green, 200 / 255, pad):
+        counts = torch.bincount(offsets, minlength=2 * pad + 1)
+        assert len(counts) == 2 * pad + 1 and stats.chisquare(counts.numpy()).pvalue > KS_P_MIN
+    red, cols = views[:, 0], torch.arange(16.0)
+    dark = ((red - 100 / 255).abs() < 1e-6).any(1).float()  # columns showing each half
+    light = ((red - 200 / 255).abs() < 1e-6).any(1).float()
+    assert (dark.sum(1) >= 4).all() and (light.sum(1) >= 4).all()
+    flipped = (dark @ cols) / dark.sum(1) > (light @ cols) / light.sum(1)  # dark half on the right
+    _assert_rate(flipped, 0.3)
 
 
 # ============ (2) distributions: device side ============

@@ -188,6 +188,70 @@ def test_samples_and_views_get_independent_parameters():
     _assert_rate(flipped1 & flipped2, 0.25)  # views of one image are independent
 
 
+# ============ (2b) the padded RandomCrop (ViewSpec.pad, MV-MR's cifar policy) ============
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])  # unused by a padded crop
+def test_padded_crop_equals_torchvision_pad_then_crop(interpolation):
+    x = torch.rand(6, 3, 20, 17, dtype=torch.float64)
+    spec = ViewSpec(16, pad=3, interpolation=interpolation)
+    params = sample_params(spec, 6, 20, 17)._replace(flip=torch.tensor([False, True] * 3))
+    out = crop_resize(x, params, 16, interpolation)
+    for i in range(6):
+        top, left = int(params.top[i]) + 3, int(params.left[i]) + 3  # in the padded image
+        ref = TF.pad(x[i], [3], fill=0, padding_mode="constant")[:, top:top + 16, left:left + 16]
+        torch.testing.assert_close(out[i], ref.flip(-1) if params.flip[i] else ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (40, 36)])
+def test_padded_crop_offsets_match_torchvision_random_crop(hw):
+    (h, w), n, pad = hw, 6000, 4
+    torch.manual_seed(11)
+    rc, dummy = v2.RandomCrop(32, padding=pad), torch.zeros(3, h, w)
+    ref = [rc.make_params([dummy]) for _ in range(n)]  # top/left in the padded image
+    fast = sample_params(ViewSpec(32, pad=pad), n, h, w)
+    assert (fast.height == 32).all() and (fast.width == 32).all()
+    for key, extent in (("top", h), ("left", w)):
+        k = extent + 2 * pad - 32 + 1  # offsets 0..H + 2 pad - size in the padded image
+        got = getattr(fast, key) + pad
+        assert got.min() == 0 and got.max() == k - 1
+        counts = torch.bincount(got, minlength=k)
+        ref_counts = torch.bincount(torch.tensor([int(r[key]) for r in ref]), minlength=k)
+        assert len(ref_counts) == k and stats.chisquare(counts.numpy()).pvalue > KS_P_MIN
+        assert stats.chi2_contingency([counts, ref_counts])[1] > KS_P_MIN
+
+
+def padded_offsets(views: torch.Tensor, value: float, pad: int) -> tuple[torch.Tensor, ...]:
+    """(top, left) offsets in the padded image of crops of a constant image of `value` (full
+    size): zero rows/columns are the padding, every other pixel must be exactly `value`."""
+    zero = (views == 0).all(1)  # [n, S, S]
+    assert (zero | ((views - value).abs() < 1e-6).all(1)).all()
+    rows, cols = zero.all(2).long(), zero.all(1).long()
+    inner = ~(rows.bool().unsqueeze(2) | cols.bool().unsqueeze(1))
+    assert not zero[inner].any()  # zeros only in whole padded rows and columns
+    first_data = (1 - rows).argmax(1)  # zero rows above the image: pad - top
+    below = rows.flip(1).cumprod(1).sum(1)  # zero rows under it: top - pad
+    top = torch.where(first_data > 0, pad - first_data, pad + below)
+    first_col = (1 - cols).argmax(1)
+    right = cols.flip(1).cumprod(1).sum(1)
+    return top, torch.where(first_col > 0, pad - first_col, pad + right)
+
+
+def test_padded_views_zeros_and_offsets_on_both_paths():
+    """The per-sample and batched paths pad with zeros (before the normalisation) at offsets
+    uniform over 0..2 pad, and keep every image pixel."""
+    spec, n, pad = ViewSpec(16, pad=4, flip_p=0.0, jitter_p=0, gray_p=0, blur_p=0), 3000, 4
+    img = torch.full((3, 16, 16), 200, dtype=torch.uint8)
+    torch.manual_seed(12)
+    reference = MultiViewTransform([spec], MEAN, STD)
+    ref = torch.stack([reference(img)[0] for _ in range(n)])
+    fast = BatchMultiView([spec], MEAN, STD)(img.unsqueeze(0).expand(n, -1, -1, -1))[0]
+    for views in (ref, fast):
+        for offsets in padded_offsets(views, 200 / 255, pad):
+            counts = torch.bincount(offsets, minlength=2 * pad + 1)
+            assert len(counts) == 2 * pad + 1 and stats.chisquare(counts.numpy()).pvalue > KS_P_MIN
+
+
 # ============ (3) whole views: same output distribution on both paths ============
 
 
@@ -213,6 +277,8 @@ _SPECS = {
                           blur_p=0.5, blur_kernel=7),
     "bicubic_crop": ViewSpec(12, scale=(0.1, 1), interpolation="bicubic", jitter_p=0, gray_p=0,
                              blur_p=0),
+    "padded_crop": ViewSpec(12, pad=3, jitter_p=0, gray_p=0, blur_p=0),  # MV-MR cifar policy
+    "padded_jitter": ViewSpec(16, pad=4, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0, blur_p=0),
 }  # fmt: skip
 
 
