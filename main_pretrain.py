@@ -79,7 +79,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="base lr; the effective lr is lr x batch / 256 (default: 0.6)")
     g.add_argument("--min-lr", default=0.0, type=float, help="final lr of the cosine (default: 0)")
     g.add_argument("--epochs", default=100, type=int)
-    g.add_argument("--warmup-epochs", default=10, type=float, help="linear lr warmup in epochs (default: 10)")
+    g.add_argument("--warmup-epochs", default=10, type=float,
+                   help="linear lr warmup in epochs (default: 10; --lr-schedule mvmr-clip: constant-lr epochs)")
+    g.add_argument("--lr-schedule", default="warmup-cosine", choices=["warmup-cosine", "mvmr-clip"],
+                   help="warmup + one cosine (default), or MV-MR CLIP's cycling cosine (protocols.md §2)")
+    g.add_argument("--lr-cycle-steps", default=0, type=int,
+                   help="mvmr-clip cosine T_max in steps (default: 0 = micro-batches in one unsharded epoch)")
+    g.add_argument("--lr-cycle-val-steps", default=0, type=int,
+                   help="mvmr-clip scheduler steps per epoch of the official validation (default: 0; STL-10: 31, "
+                        "ImageNet: 195)")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", default=1e-6, type=float)
     g.add_argument("--weight-decay-end", default=None, type=float,
                    help="end value of a cosine weight-decay schedule (default: none, constant; PatchMix: "

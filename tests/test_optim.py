@@ -1,12 +1,16 @@
 """utils/optim.py: LARS against naive per-parameter references written from moco-v3's
-moco/optimizer.py and solo-learn's solo/utils/lars.py (float64, plain Python scalars)."""
+moco/optimizer.py and solo-learn's solo/utils/lars.py (float64, plain Python scalars); the
+mvmr-clip lr schedule against a real CosineAnnealingLR stepped as MV-MR's CLIP distillation does."""
 
+import argparse
 import math
+import warnings
 
 import pytest
 import torch
 
 from utils.optim import LARS, build_optimizer
+from utils.schedules import training_schedules
 
 
 def reference_direction(p, g, wd, eta, clip, lr, denominator):
@@ -88,3 +92,39 @@ def test_defaults_are_mocov3():
     assert (group["eta"], group["clip"], group["denominator"]) == (0.001, False, "update")
     with pytest.raises(ValueError, match="denominator"):
         LARS([torch.nn.Parameter(torch.ones(2))], denominator="norm")
+
+
+def official_mvmr_clip_lrs(epochs, n, accum, warm, val, t_max):
+    """vkinakh/mv-mr clip_self_supervised_module.py:113,160-169 under PyTorch Lightning 1.5: a real
+    CosineAnnealingLR stepped in every training/validation step() from epoch `warm` on, plus once at
+    the end of every training epoch (interval 'epoch'); the lr of each optimizer step."""
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+    lrs = []
+    for epoch in range(epochs):
+        for micro in range(n * accum):
+            if epoch >= warm:  # training_step -> step(): sch.step() before optimizer.step()
+                sched.step()
+            if (micro + 1) % accum == 0:
+                lrs.append(opt.param_groups[0]["lr"])
+        sched.step()  # Lightning: epoch-interval schedulers after the last training batch
+        for _ in range(val if epoch >= warm else 0):  # validation_step -> step()
+            sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("accum,val,t_max,world", [(1, 0, 0, 1), (1, 3, 0, 1), (2, 3, 0, 1),
+                                                   (1, 2, 0, 2), (1, 0, 7, 1)])
+def test_mvmr_clip_schedule_matches_stepped_cosine(accum, val, t_max, world):
+    args = argparse.Namespace(lr_schedule="mvmr-clip", lr_effective=1e-4, min_lr=0.0, epochs=12,
+                              warmup_epochs=3, lr_cycle_steps=t_max, lr_cycle_val_steps=val,
+                              accum_steps=accum, accum_schedule="optimizer", world_size=world,
+                              weight_decay=0.0, weight_decay_end=None, moco_m=0.99,
+                              moco_m_cos=False, momentum_per_epoch=False)
+    n = 5  # optimizer steps per epoch of one process
+    ours = training_schedules(args, n)["lr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scheduler.step() before optimizer.step()
+        ref = official_mvmr_clip_lrs(12, n, accum, 3, val, t_max or n * accum * world)
+    assert ours.tolist() == pytest.approx(ref, rel=1e-6, abs=1e-12)
+    assert min(ref[3 * n:]) < 1e-5 and max(ref[3 * n:]) > 9e-5  # it does swing down and back up

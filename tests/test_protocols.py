@@ -261,14 +261,17 @@ OFFICIAL: dict[str, dict] = {
     "patchmix_cifar100_vitb": patchmix("vit_base", "cifar100", 7.5e-4, 0.04, 0.01),
 }
 
-def mvmr_clip(ds, size, epochs):
+def mvmr_clip(ds, size, epochs, val_steps):
     """vkinakh/mv-mr configs/{stl10,imagenet}_clip_self_supervised.yaml: b256, Adam 1e-4, wd 1e-6,
-    epochs (:2: STL-10 1000, ImageNet 100), small_kernel False (torchvision stem), the 'custom' views, ImageNet stats."""
+    epochs (:2: STL-10 1000, ImageNet 100), small_kernel False (torchvision stem), the 'custom' views, ImageNet stats.
+    lr: constant for warmup_epochs (:3), then a one-epoch CosineAnnealingLR stepped per train and val
+    batch (clip_self_supervised_module.py:100,113,160-169): val_steps = val images // 256."""
     views = [("original", 1, size),
              side(1, size, (0.08, 1.0), J_SIMCLR, 0.2, 1.0, 0.0, kernel=2 * int(0.05 * size) + 1)]
     return {"pretrain": dict(method="mvmr_clip", dataset=ds, arch="resnet50", optimizer="adam",
                              batch_size=256, lr_effective=1e-4, weight_decay=1e-6, epochs=epochs,
-                             warmup_epochs=10, amp="fp16", std_margin=1.0, views=views, norm=IMNET,
+                             warmup_epochs=10, min_lr=0.0, lr_schedule="mvmr-clip", lr_cycle_steps=0,
+                             lr_cycle_val_steps=val_steps, amp="fp16", std_margin=1.0, views=views, norm=IMNET,
                              clip_model="ViT-B-16", clip_pretrained="laion400m_e32",
                              sync_bn=False, **resnet(*TORCHVISION_STEM, zero_init=True)),
             # the mv-mr README evaluates the distilled ResNet as its self-supervised models:
@@ -278,8 +281,8 @@ def mvmr_clip(ds, size, epochs):
                            head_init="probe", backbone_mode="eval", norm=IMNET)}
 
 
-OFFICIAL["mvmr_clip_stl10_r50"] = mvmr_clip("stl10", 96, 1000)
-OFFICIAL["mvmr_clip_in1k_r50"] = mvmr_clip("imagenet", 224, 100)
+OFFICIAL["mvmr_clip_stl10_r50"] = mvmr_clip("stl10", 96, 1000, 8000 // 256)
+OFFICIAL["mvmr_clip_in1k_r50"] = mvmr_clip("imagenet", 224, 100, 50000 // 256)
 # MV-MR ImageNet: 8-step accumulation with the schedule in micro-batches (PL 1.5 steps the
 # scheduler per optimizer step; imagenet_self_supervised.yaml:1,8, self_supervised_module.py:164)
 OFFICIAL["mvmr_in1k_r50"]["pretrain"].update(accum_steps=8, accum_schedule="micro")

@@ -39,9 +39,30 @@ def momentum_schedule(m0: float, epochs: int, iters_per_epoch: int, cosine: bool
     return 1.0 - 0.5 * (1.0 + np.cos(math.pi * t / epochs)) * (1.0 - m0)
 
 
+def mvmr_clip_schedule(base: float, final: float, epochs: int, iters_per_epoch: int, constant_epochs: int,
+                       cycle_steps: int, accum: int = 1, val_steps: int = 0) -> np.ndarray:
+    """vkinakh/mv-mr's CLIP distillation lr per optimizer step (clip_self_supervised_module.py:113,160-162).
+
+    A CosineAnnealingLR(T_max=cycle_steps) counts k steps: one at the end of every epoch (PyTorch
+    Lightning, interval 'epoch'), and from epoch constant_epochs on one per training micro-batch and
+    val_steps per validation. Its lr is final + (base - final)(1 + cos(pi k / T_max)) / 2, which past
+    T_max climbs back (period 2 T_max). The optimizer step ending micro-batch (i + 1) accum - 1 sees
+    the k after that micro-batch's step, as the official step() runs before optimizer.step().
+    """
+    it = np.arange(epochs * iters_per_epoch)
+    e, i = it // iters_per_epoch, it % iters_per_epoch
+    cycling = np.maximum(e - constant_epochs, 0)  # epochs already spent cycling
+    within = np.where(e >= constant_epochs, (i + 1) * accum, 0)
+    k = e + cycling * (iters_per_epoch * accum + val_steps) + within
+    return final + (base - final) * 0.5 * (1.0 + np.cos(math.pi * k / cycle_steps))
+
+
 def training_schedules(args, iters_per_epoch: int) -> dict[str, np.ndarray]:
     """main_pretrain.py's per-optimizer-step lr (warmup + cosine to --min-lr), weight decay (cosine
     to --weight-decay-end, constant by default) and EMA momentum (--moco-m, --moco-m-cos).
+
+    --lr-schedule mvmr-clip swaps the lr for mvmr_clip_schedule: constant for --warmup-epochs, T_max
+    --lr-cycle-steps (0: one epoch of the unsharded loader, steps x accumulation x processes).
 
     iters_per_epoch counts optimizer steps. With --accum-schedule micro the lr schedule is sized in
     micro-batches (N per step) but still indexed by the optimizer step, as PyTorch Lightning sizes
@@ -51,9 +72,15 @@ def training_schedules(args, iters_per_epoch: int) -> dict[str, np.ndarray]:
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     accum = getattr(args, "accum_steps", 1)
     lr_iters = iters_per_epoch * accum if getattr(args, "accum_schedule", "") == "micro" else None
+    if getattr(args, "lr_schedule", "warmup-cosine") == "mvmr-clip":
+        cycle = args.lr_cycle_steps or iters_per_epoch * accum * getattr(args, "world_size", 1)
+        lr = mvmr_clip_schedule(args.lr_effective, args.min_lr, args.epochs, iters_per_epoch,
+                                round(args.warmup_epochs), cycle, accum, args.lr_cycle_val_steps)
+    else:
+        lr = cosine_schedule(args.lr_effective, args.min_lr, args.epochs, lr_iters or iters_per_epoch,
+                             args.warmup_epochs)
     return {
-        "lr": cosine_schedule(args.lr_effective, args.min_lr, args.epochs,
-                              lr_iters or iters_per_epoch, args.warmup_epochs),
+        "lr": lr,
         "wd": cosine_schedule(args.weight_decay, wd_end, args.epochs, iters_per_epoch),
         "m": momentum_schedule(args.moco_m, args.epochs, iters_per_epoch, args.moco_m_cos,
                                args.momentum_per_epoch),
