@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="sgd (default), nesterov (PatchMix) or adam with L2 weight decay (BeCLR, MV-MR)")
     g.add_argument("--lr-schedule", default="cosine", choices=["cosine", "step"],
                    help="per-epoch cosine to 0 (default), or x0.1 at each of --lr-steps")
+    g.add_argument("--lr-lag", default=0, type=int,
+                   help="epochs the lr runs behind its schedule (default: 0; PatchMix: 1, its cosine steps "
+                        "after each epoch)")
     g.add_argument("--lr-steps", default=[], nargs="+", type=int,
                    help="epochs where the step schedule multiplies the lr by 0.1 (default: none; solo-learn: "
                         "60 80)")
@@ -174,6 +177,7 @@ def build_head(args, feat_dim: int, num_classes: int) -> nn.Linear:
 
 
 def lr_at(epoch: int, lr: float, args) -> float:
+    epoch = max(epoch - getattr(args, "lr_lag", 0), 0)  # --lr-lag 1: epoch e trains at e - 1's lr
     if args.lr_schedule == "step":  # moco-v3 / torch MultiStepLR: x0.1 from each step epoch on
         return lr * 0.1 ** sum(epoch >= step for step in args.lr_steps)
     return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))

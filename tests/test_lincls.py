@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -226,3 +227,21 @@ def test_evaluation_rebuilds_the_pretrained_backbone_variant(tmp_path, saved, st
     assert isinstance(encoder.maxpool, torch.nn.MaxPool2d) == maxpool
     for key, value in net.state_dict().items():
         assert torch.equal(encoder.state_dict()[key], value), key
+
+
+def test_lr_lag_matches_patchmix_stepping_after_the_epoch():
+    """visresearch/patchmix main_linear.py:267-268,328-353: CosineAnnealingLR(opt, epochs) stepped
+    with lr_scheduler.step(epoch) after epoch `epoch` trains, so epoch e trains at the cosine of e - 1."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.08, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10, eta_min=0)
+    official = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecated epoch argument
+        for epoch in range(10):
+            official.append(opt.param_groups[0]["lr"])  # train_one_epoch
+            sched.step(epoch)
+    args = argparse.Namespace(lr_schedule="cosine", lr_steps=[], epochs=10, lr_lag=1)
+    assert [main_lincls.lr_at(e, 0.08, args) for e in range(10)] == pytest.approx(official)
+    assert official[0] == official[1] == 0.08  # the first two epochs share the base lr
+    args.lr_lag = 0
+    assert main_lincls.lr_at(1, 0.08, args) < 0.08  # the default: epoch e trains at e's lr
