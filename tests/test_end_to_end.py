@@ -11,9 +11,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
-from utils.training import native_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "datasets", "fashion-mnist")
@@ -69,12 +66,15 @@ def bundled(method: str) -> list[str]:
 METHODS = sorted(os.path.basename(p)[:-5] for p in
                  glob.glob(os.path.join(ROOT, "configs", "bundled", "*.yaml")))
 STEPS = 150
-# kNN points over random init each method must beat: about half the gap measured at this budget
-# under CI's 2 threads (README, "Tests"); the others run with E2E_ALL=1 (printing their gap)
-MEASURED = {"simclr": 1.5, "beclr": 2.0, "dsf": 2.0, "mocov2": 1.5, "mocov3": 1.0, "nnclr": 1.5,
+# kNN points over random init each method must beat: about half the smaller of the two gaps measured
+# at this budget under CI's 2 threads, fp32 on a CPU without bf16 units and bf16 on one with them
+# (docs/results.md); mocov2_dsf is not asserted (its gap is negative at this budget) and runs with
+# E2E_ALL=1, printing its gap
+MEASURED = {"simclr": 0.9, "beclr": 2.0, "dsf": 2.0, "mocov2": 1.5, "mocov3": 1.0, "nnclr": 1.5,
             "snclr": 0.7, "mvmr": 3.0, "patchmix": 1.5}
-# PatchMix's mixed terms slow its first steps: 150 steps end at random init, 300 beat it by 3.3
-LONGER = {"patchmix": 300}
+# PatchMix's mixed terms slow its first steps, BeCLR's sub-networks too (in fp32): 150 steps end
+# near random init (docs/results.md)
+LONGER = {"patchmix": 300, "beclr": 400}
 
 
 def pretrain(out: str, method: str, steps: int, *extra: str) -> None:
@@ -86,10 +86,6 @@ def pretrain(out: str, method: str, steps: int, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.skipif(not native_bf16(torch.device("cpu")) and not os.environ.get("E2E_ALL"),
-                    reason="the margins were measured with bf16 autocast on a CPU with bf16 units; "
-                           "this CPU would run fp32 (beclr: 57.25 vs random 57.05 there), margins "
-                           "not measured yet (E2E_ALL=1 runs it)")
 def test_pretraining_beats_random_init(method, tmp_path, random_init_knn):
     if method not in MEASURED and not os.environ.get("E2E_ALL"):
         pytest.skip(f"{method}: no margin measured at this budget yet (E2E_ALL=1 runs it)")
