@@ -22,8 +22,14 @@ from utils import dist
 from utils.args import add_checkpoint_and_monitor_args, add_common_args, parse_with_config
 from utils.checkpoint import resume_run, save_checkpoint
 from utils.knn import encoder_in_eval, extract_features, knn_classify
-from utils.logger import (MetricAverager, Progress, RunLogger, format_metrics, log_run_args,
-                          run_summary)
+from utils.logger import (
+    MetricAverager,
+    Progress,
+    RunLogger,
+    format_metrics,
+    log_run_args,
+    run_summary,
+)
 from utils.misc import bool_flag, probability, seed_everything, to_device
 from utils.online_probe import OnlineProbe
 from utils.optim import build_optimizer, lars_options, param_groups, set_lr_wd
