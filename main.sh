@@ -252,6 +252,15 @@ mvmr_clip_stl10_r50() {  # 1000 epochs, batch 256, 7x7 stem (small_kernel False)
         --pretrained "$OUT/mvmr_clip_stl10/checkpoint_1000_000000.pth.tar" --results_dir "$OUT/mvmr_clip_stl10"
 }
 
+mvmr_clip_cifar100_r50() {  # 200 epochs, 3x3 stem, the 'cifar' policy (RandomCrop(32, padding 4) + flip); linear 78.6 (README)
+    python main_pretrain.py --config configs/mvmr_clip_cifar100_r50.yaml --data "$DATA" \
+        --results_dir "$OUT/mvmr_clip_cifar100"
+    python main_lincls.py -a resnet50 --optimizer adam --lr 1e-3 -b 256 --epochs 100 --train-aug mvmr \
+        --head-init probe --mean 0.491 0.482 0.447 --std 0.247 0.243 0.261 \
+        --dataset cifar100 --data "$DATA" \
+        --pretrained "$OUT/mvmr_clip_cifar100/checkpoint_0200_000000.pth.tar" --results_dir "$OUT/mvmr_clip_cifar100"
+}
+
 # VOC07 multi-label transfer of the ImageNet MV-MR run (configs/imagenet_voc.yaml settings:
 # train split, reported on val, Adam 1e-4 wd 1e-6, batch 32, 1000 epochs, 300 px); DATA holds
 # VOCdevkit/VOC2007. Compare AP_pooled with the README's 87.1 (docs/protocols.md section 1).
@@ -303,7 +312,7 @@ patchmix_in1k_vits() {  # ViT-S/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 cr
         --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic --val-resize-ratio 256/224 \
         --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vits"
     python main_lincls.py -a vit_small --encoder momentum --lr 0.02 -b 1024 --epochs 100 --optimizer nesterov \
-        --interpolation bicubic --val-resize-ratio 256/224 --head-init default \
+        --interpolation bicubic --val-resize-ratio 256/224 --head-init default --lr-lag 1 \
         --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vits/checkpoint_0300_000000.pth.tar" \
         --results_dir "$OUT/patchmix_vits" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
@@ -317,7 +326,7 @@ patchmix_in1k_vitb() {  # ViT-B/16, 300 ep, batch 1024 (8 GPUs), 2x224 + 8x96 cr
         --nb-knn 10 20 100 200 --temperature 0.07 --interpolation bicubic --val-resize-ratio 256/224 \
         --dataset imagenet --data "$DATA" --results_dir "$OUT/patchmix_vitb"
     python main_lincls.py -a vit_base --encoder momentum --lr 0.01 -b 1024 --epochs 100 --optimizer nesterov \
-        --interpolation bicubic --val-resize-ratio 256/224 --head-init default \
+        --interpolation bicubic --val-resize-ratio 256/224 --head-init default --lr-lag 1 \
         --dataset imagenet --data "$DATA" --pretrained "$OUT/patchmix_vitb/checkpoint_0300_000000.pth.tar" \
         --results_dir "$OUT/patchmix_vitb" \
         --dist-url tcp://localhost:10001 --multiprocessing-distributed --world-size 1 --rank 0
@@ -333,7 +342,7 @@ patchmix_cifar10_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; RE
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt"
     python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitt" \
         --pretrained "$OUT/patchmix_c10_vitt/checkpoint_0800_000000.pth.tar"
 }
@@ -348,7 +357,7 @@ patchmix_cifar10_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 96.0, kNN
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vits"
     python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vits" \
         --pretrained "$OUT/patchmix_c10_vits/checkpoint_0800_000000.pth.tar"
 }
@@ -363,7 +372,7 @@ patchmix_cifar10_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 96.6, kNN
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitb"
     python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar10 --data "$DATA" --results_dir "$OUT/patchmix_c10_vitb" \
         --pretrained "$OUT/patchmix_c10_vitb/checkpoint_0800_000000.pth.tar"
 }
@@ -378,7 +387,7 @@ patchmix_cifar100_vitt() {  # ViT-T/2, 800 ep, batch 512, no momentum encoder; R
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt"
     python main_lincls.py -a vit_tiny --patch-size 2 --img-size 32 --encoder online --lr 0.05 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitt" \
         --pretrained "$OUT/patchmix_c100_vitt/checkpoint_0800_000000.pth.tar"
 }
@@ -393,7 +402,7 @@ patchmix_cifar100_vits() {  # ViT-S/2, 800 ep, batch 512; README linear 78.7, kN
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vits"
     python main_lincls.py -a vit_small --patch-size 2 --img-size 32 --encoder momentum --lr 0.02 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vits" \
         --pretrained "$OUT/patchmix_c100_vits/checkpoint_0800_000000.pth.tar"
 }
@@ -408,7 +417,7 @@ patchmix_cifar100_vitb() {  # ViT-B/2, 800 ep, batch 512; README linear 79.7, kN
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitb"
     python main_lincls.py -a vit_base --patch-size 2 --img-size 32 --encoder momentum --lr 0.01 -b 256 \
         --epochs 100 --optimizer nesterov --interpolation bicubic --val-resize-ratio 256/224 \
-        --head-init default --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --head-init default --lr-lag 1 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
         --dataset cifar100 --data "$DATA" --results_dir "$OUT/patchmix_c100_vitb" \
         --pretrained "$OUT/patchmix_c100_vitb/checkpoint_0800_000000.pth.tar"
 }

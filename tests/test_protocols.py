@@ -37,9 +37,10 @@ J_BYOL, J_SIMCLR, J_MOCO2 = (0.4, 0.4, 0.2, 0.1), (0.8, 0.8, 0.8, 0.2), (0.4, 0.
 R256 = float(Fraction(256, 224))
 
 
-def side(count, size, scale, jitter, gray, blur, solarize, interp="bilinear", kernel=None, ra=0.0):
-    """One augmented side: flip 0.5 and jitter p 0.8 in every official recipe here."""
-    return (count, size, scale, interp, 0.5, jitter, 0.8, gray, blur, kernel, solarize, ra)
+def side(count, size, scale, jitter, gray, blur, solarize, interp="bilinear", kernel=None, ra=0.0,
+         pad=None, jitter_p=0.8):
+    """One augmented side: flip 0.5 and (but MV-MR cifar) jitter p 0.8 in every official recipe."""
+    return (count, size, scale, interp, 0.5, jitter, jitter_p, gray, blur, kernel, solarize, ra, pad)
 
 
 def byol(size, crop_min, ns=1, interp="bilinear", blur=True):
@@ -91,7 +92,8 @@ def patchmix(arch, ds, lr, wd, lin_lr, knn_encoder="momentum"):
                     similarity="cosine", **eval_input),  # main_knn.py:35-38, config/knn/knn.py
         "linear": dict(optimizer="nesterov",  # timm create_optimizer('sgd'), main_linear.py:266
                        lr_effective=lin_lr * (4 if imagenet else 1), epochs=100, weight_decay=0.0,
-                       lr_schedule="cosine", head_init="default", train_aug="crop",
+                       lr_schedule="cosine", lr_lag=1,  # lr_scheduler.step(epoch) after it, l.353
+                       head_init="default", train_aug="crop",
                        backbone_mode="eval", encoder=knn_encoder, **eval_input),
     }
 
@@ -283,6 +285,15 @@ def mvmr_clip(ds, size, epochs, val_steps):
 
 OFFICIAL["mvmr_clip_stl10_r50"] = mvmr_clip("stl10", 96, 1000, 8000 // 256)
 OFFICIAL["mvmr_clip_in1k_r50"] = mvmr_clip("imagenet", 224, 100, 50000 // 256)
+# CIFAR-100, configs/cifar100_clip_self_supervised.yaml: 200 epochs (:2), small_kernel True (:29, the
+# 3x3 stem), aug_policy cifar (:24) = transform.py:58-62 RandomCrop(32, padding=4) + flip only,
+# CIFAR_STATS (transform.py:10-13, also for the linear's 'custom' AugTransform)
+CIFAR_MVMR = ((0.491, 0.482, 0.447), (0.247, 0.243, 0.261))
+OFFICIAL["mvmr_clip_cifar100_r50"] = mvmr_clip("cifar100", 32, 200, 10000 // 256)
+OFFICIAL["mvmr_clip_cifar100_r50"]["pretrain"].update(
+    views=[("original", 1, 32), side(1, 32, (0.08, 1.0), J_BYOL, 0.0, 0.0, 0.0, pad=4, jitter_p=0.0)],
+    norm=CIFAR_MVMR, **resnet(3, 1, 1, True, zero_init=True))
+OFFICIAL["mvmr_clip_cifar100_r50"]["linear"].update(norm=CIFAR_MVMR)
 # MV-MR ImageNet: 8-step accumulation with the schedule in micro-batches (PL 1.5 steps the
 # scheduler per optimizer step; imagenet_self_supervised.yaml:1,8, self_supervised_module.py:164)
 OFFICIAL["mvmr_in1k_r50"]["pretrain"].update(accum_steps=8, accum_schedule="micro")
@@ -315,7 +326,7 @@ def view_settings(sides) -> list[tuple]:
             out.append((s.name, s.count, v.size))
             continue
         out.append((s.count, v.size, v.scale, v.interpolation, v.flip_p, v.jitter, v.jitter_p,
-                    v.gray_p, v.blur_p, v.blur_kernel, v.solarize_p, v.randaugment_p))
+                    v.gray_p, v.blur_p, v.blur_kernel, v.solarize_p, v.randaugment_p, v.pad))
     return out
 
 
