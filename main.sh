@@ -17,7 +17,7 @@ quickstart() {
     fetch_fashion_mnist
     local out=$OUT/quickstart
     rm -rf "$out"
-    # SimCLR, width-16 ResNet-18, one epoch of the 60k training images, bf16 autocast on the CPU
+    # SimCLR, width-16 ResNet-18, one epoch of the 60k training images (bf16 where the CPU has it)
     "$PY" main_pretrain.py --config configs/quickstart.yaml --data "$FMNIST_DIR" --results_dir "$out"
     local ckpt="$out"/checkpoint_0001_000000.pth.tar
     for enc in "--pretrained $ckpt" "--random-init -a resnet18 --width 16 --seed 307"; do
