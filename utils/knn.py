@@ -79,15 +79,16 @@ def _top_neighbours(chunk: Tensor, train_f: Tensor, kmax: int, block_rows: int,
     """(similarities, bank indices) [c, kmax] of the kmax most similar bank rows, in fp32.
 
     The bank is read in blocks of block_rows cast to fp32 (a fp16 bank is never copied whole); each
-    block's candidates are merged with the best so far.
+    block's own top kmax are merged with the best so far, so no [c, block] index tensor or copy of
+    the similarity block is ever made.
     """
     top_sim = chunk.new_empty(chunk.shape[0], 0)
     top_idx = torch.empty(chunk.shape[0], 0, dtype=torch.long, device=chunk.device)
     for start in range(0, train_f.shape[0], block_rows):
         block = train_f[start:start + block_rows].to(chunk.dtype)  # no copy for a fp32 bank
         sim = similarity(chunk, block, start)  # [c, n_block]
-        idx = torch.arange(start, start + block.shape[0], device=chunk.device).expand_as(sim)
-        sim, idx = torch.cat([top_sim, sim], 1), torch.cat([top_idx, idx], 1)
+        block_sim, block_idx = sim.topk(min(kmax, sim.shape[1]), dim=1)
+        sim, idx = torch.cat([top_sim, block_sim], 1), torch.cat([top_idx, block_idx + start], 1)
         top_sim, pos = sim.topk(min(kmax, sim.shape[1]), dim=1)  # sorted, descending
         top_idx = idx.gather(1, pos)
     return top_sim, top_idx
