@@ -177,7 +177,7 @@ def build_head(args, feat_dim: int, num_classes: int) -> nn.Linear:
 
 
 def lr_at(epoch: int, lr: float, args) -> float:
-    epoch = max(epoch - getattr(args, "lr_lag", 0), 0)  # --lr-lag 1: epoch e trains at e - 1's lr
+    epoch = max(epoch - args.lr_lag, 0)  # --lr-lag 1: epoch e trains at e - 1's lr
     if args.lr_schedule == "step":  # moco-v3 / torch MultiStepLR: x0.1 from each step epoch on
         return lr * 0.1 ** sum(epoch >= step for step in args.lr_steps)
     return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))

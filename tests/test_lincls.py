@@ -102,7 +102,7 @@ def test_cached_batches_split_the_one_process_batches_evenly(monkeypatch):
 
 
 def test_lr_schedules():
-    args = argparse.Namespace(lr_schedule="step", lr_steps=[60, 80], epochs=100)
+    args = argparse.Namespace(lr_schedule="step", lr_steps=[60, 80], epochs=100, lr_lag=0)
     assert [main_lincls.lr_at(e, 0.3, args) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx(
         [0.3, 0.3, 0.03, 0.03, 0.003, 0.003])
     args.lr_schedule = "cosine"

@@ -14,6 +14,7 @@ the GradScaler reads its own ``found_inf`` inside ``scaler.step`` (the one other
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
@@ -38,8 +39,11 @@ def amp_dtype(args: Any) -> torch.dtype | None:
 
 def native_bf16(device: torch.device) -> bool:
     """CUDA, or a CPU with bf16 units (AVX512-BF16 or AMX): where bf16 autocast is fast."""
-    if device.type == "cuda":
-        return True
+    return device.type == "cuda" or cpu_has_bf16_units()
+
+
+@functools.cache  # amp_context asks at every micro-batch: read /proc/cpuinfo once per process
+def cpu_has_bf16_units() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
