@@ -102,6 +102,8 @@ CASES = [
     (L, "--random-init --lr -1", USAGE, "--lr"),
     (L, "--random-init -b 0", USAGE, "--batch-size"),
     (L, "--random-init -b 33 --multiprocessing-distributed --nproc-cpu 2", USAGE, "not divisible by the 2"),
+    (L, "--random-init --lr-lag -1", USAGE, "--lr-lag"),
+    (P, "--lr-schedule mvmr-clip --lr-cycle-steps -5", USAGE, "--lr-cycle-steps"),
     (L, "--pretrained /no/such/checkpoint.pth", USAGE, "--pretrained"),
     (L, "--pretrained {garbage.pth}", RUNTIME, "corrupt or truncated"),
     (G, "--dst /tmp/in100", USAGE, "--src"),
