@@ -1,6 +1,12 @@
-"""utils.knn: the weighted kNN vote against a naive per-sample loop, chunking, and feature extraction."""
+"""utils.knn: the weighted kNN vote against a naive per-sample loop, chunking, and feature extraction;
+main_knn.py on 2 processes equal to 1."""
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -102,3 +108,36 @@ def test_extract_features_stores_the_bank_in_the_requested_dtype():
     feats, _ = extract_features(net, loader, 6, torch.device("cpu"), dtype=torch.float16)
     assert feats.dtype == torch.float16
     torch.testing.assert_close(feats, net(images).detach().half())
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = os.path.join(ROOT, "datasets", "fashion-mnist")
+
+
+def run_main_knn(out, *extra) -> dict:
+    """main_knn.py on a random-init encoder, odd bank and query counts (the 2-process shards pad)."""
+    argv = ["--random-init", "-a", "resnet18", "--width", "8", "--dataset", "fashion_mnist",
+            "--data", FMNIST, "--train-subset", "301", "--val-subset", "101", "--nb-knn", "10", "20",
+            "-b", "32", "--seed", "0", "-j", "0", "--results_dir", str(out), *extra]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main_knn.py"), *argv], cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)["knn_random_init"]
+
+
+@pytest.mark.slow  # two interpreters
+@pytest.mark.skipif(not os.path.isfile(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")),
+                    reason="Fashion-MNIST not fetched: bash main.sh test fetches it")
+def test_main_knn_two_processes_equal_one(tmp_path):
+    one = run_main_knn(tmp_path / "one")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = run_main_knn(tmp_path / "two", "--multiprocessing-distributed", "--nproc-cpu", "2",
+                       "--dist-url", f"tcp://127.0.0.1:{port}")
+    assert one["top1"]["20"] > 10.0  # above chance, so equality is not trivially chance
+    assert two["top1"] == one["top1"]
+    assert one["train_images"] == two["train_images"] == 301
+    assert one["val_images"] == two["val_images"] == 101
